@@ -1,0 +1,202 @@
+"""Recipes: plain YAML with ``base:`` inheritance, dotted ``key=value`` overrides, validated against a typed
+schema. The ``model`` and ``loss`` sections are checked against the ``Config`` dataclass of the registered
+model / loss they name, so every key of a recipe is known and typed."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from zoo.errors import ConfigError
+from zoo.registry import LOSSES, MODELS, nearest, populate
+
+RECIPES_DIR = Path(os.environ.get("ZOO_RECIPES", Path(__file__).resolve().parent.parent / "recipes"))
+
+
+@dataclass
+class DataConfig:
+    name: str = "ml100k"  # a registered source (``python -m zoo.run list``)
+    root: Optional[str] = None  # data root; else $ZOO_DATA_DIR; else the user cache directory
+    path: Optional[str] = None  # a file or folder, for sources that read one (atomic, seqfile, msl)
+    titles: Optional[str] = None  # optional item-id -> title JSON (seqfile)
+    download: bool = True  # fetch missing raw files from upstream when online
+    cache: bool = True  # cache the processed corpus under <root>/cache
+    k_core: int = 0  # iterative k-core filter on raw interactions (0 = off)
+    min_seq_len: int = 0  # drop users with fewer interactions (0 = keep all)
+    max_len: int = 50  # history length fed to models (most recent items)
+    batch_size: int = 256
+    eval_batch_size: int = 512
+    num_workers: int = 0
+    num_negatives: int = 1  # sampled negatives per position (bce, bpr, sampled softmax)
+    eval_candidates: int = 0  # 0 = full ranking; n = target + (n-1) sampled negatives
+    candidates_path: Optional[str] = None  # candidate lists written by a retriever (re-ranking methods)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"  # adam | adamw | adagrad | sgd
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    scheduler: str = "none"  # none | inverse_sqrt | cosine | linear
+    warmup_steps: int = 0
+
+
+@dataclass
+class TrainerConfig:
+    preset: str = "cpu"  # cpu | ddp | ddp_cpu | fsdp  (fills the fields below that are left null)
+    accelerator: Optional[str] = None
+    devices: Optional[Any] = None
+    strategy: Optional[str] = None
+    precision: Optional[str] = None
+    num_nodes: int = 1
+    max_epochs: int = 50
+    max_steps: int = -1
+    max_time: Optional[str] = None  # "DD:HH:MM:SS"
+    gradient_clip_val: Optional[float] = None
+    accumulate_grad_batches: int = 1
+    check_val_every_n_epoch: int = 1
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    limit_test_batches: Optional[float] = None
+    log_every_n_steps: int = 50
+    enable_progress_bar: bool = True
+    deterministic: bool = False
+    monitor: str = "val/ndcg@10"
+    early_stopping_patience: int = 10  # validations without improvement; 0 = off
+
+
+@dataclass
+class EvalConfig:
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    mask_seen: bool = False  # off, as in the S3-Rec / P5 / TIGER protocol
+    item_chunk_size: int = 0  # score items in chunks of this size (0 = all at once)
+    num_beams: int = 20  # generative methods
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "csv"  # csv | tensorboard | wandb | none
+    project: str = "zoo"
+    group: Optional[str] = None
+    offline: bool = True  # wandb: offline unless the user turns this off
+
+
+@dataclass
+class ZooConfig:
+    recipe: str = ""
+    plugins: list[str] = field(default_factory=list)  # modules imported first (they register their own components)
+    seed: int = 42
+    run_root: str = "runs"
+    run_dir: Optional[str] = None  # set to reuse an existing directory
+    resume: Optional[str] = None  # a run directory (its last.ckpt) or a checkpoint path
+    train: bool = True  # false: evaluate only
+    data: DataConfig = field(default_factory=DataConfig)
+    model: Any = None
+    loss: Any = None
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def recipe_names() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def _recipe_path(name: str) -> Path:
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        return Path(name)
+    path = RECIPES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown recipe '{name}'; nearest: {nearest(name, recipe_names())}")
+    return path
+
+
+def load_recipe(name: str, _seen: tuple[str, ...] = ()) -> dict:
+    """Read a recipe and its ``base:`` chain (later bases and the recipe itself win)."""
+    if name in _seen:
+        raise ConfigError(f"recipe inheritance cycle: {' -> '.join(_seen + (name,))}")
+    path = _recipe_path(name)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of keys")
+    bases = data.pop("base", []) or []
+    bases = [bases] if isinstance(bases, str) else bases
+    merged = OmegaConf.create()
+    for base in bases:
+        merged = OmegaConf.merge(merged, load_recipe(base, _seen + (name,)))
+    return OmegaConf.to_container(OmegaConf.merge(merged, data))
+
+
+def _parse_overrides(overrides: list[str]) -> DictConfig:
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' must look like dotted.key=value")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"cannot parse overrides: {err}") from None
+
+
+def _section_schema(registry, section: Any, what: str) -> DictConfig:
+    name = (section or {}).get("name") if isinstance(section, (dict, DictConfig)) else None
+    if not name:
+        raise ConfigError(f"the recipe needs {what}.name (one of: {', '.join(registry.names())})")
+    cls = registry.get(name)
+    config_cls = getattr(cls, "Config", None)
+    if config_cls is None:
+        raise ConfigError(f"{what} '{name}' has no Config dataclass")
+    return OmegaConf.structured(config_cls)
+
+
+def _explain(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
+    if isinstance(err, ConfigKeyError):
+        parent = getattr(err, "parent_node", None) or getattr(err, "object_type", None)
+        valid: list[str] = []
+        if isinstance(parent, DictConfig):
+            valid = [str(k) for k in parent.keys()]
+        leaf = str(key).split(".")[-1]
+        hint = f"; nearest: {nearest(leaf, valid)}" if valid else ""
+        return f"unknown key '{key}'{hint}"
+    if isinstance(err, ValidationError):
+        msg = str(err).splitlines()[0]
+        return f"wrong type for '{key}': {msg}"
+    return f"invalid config at '{key}': {str(err).splitlines()[0]}"
+
+
+def compose(recipe: str, overrides: list[str] | None = None) -> DictConfig:
+    """Load ``recipe``, apply ``overrides`` and return the validated, fully typed config."""
+    raw = OmegaConf.create(load_recipe(recipe))
+    over = _parse_overrides(overrides or [])
+    names = OmegaConf.to_container(OmegaConf.merge(raw, over))  # which model / loss the schema must describe
+    populate()
+    for module in names.get("plugins") or []:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ConfigError(f"cannot import plugin '{module}': {err}") from None
+    schema = OmegaConf.structured(ZooConfig)
+    OmegaConf.set_struct(schema, False)
+    schema.model = _section_schema(MODELS, names.get("model"), "model")
+    schema.loss = _section_schema(LOSSES, names.get("loss"), "loss")
+    OmegaConf.set_struct(schema, True)
+    for layer in (raw, over):
+        try:
+            schema = OmegaConf.merge(schema, layer)
+        except OmegaConfBaseException as err:
+            raise ConfigError(_explain(err)) from None
+    schema.recipe = Path(recipe).stem if recipe.endswith((".yaml", ".yml")) else recipe
+    return schema

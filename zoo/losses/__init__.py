@@ -1,0 +1,12 @@
+"""The loss registry: every model takes its loss from ``loss:`` in the config (``loss.name``)."""
+
+from zoo.losses import ce  # noqa: F401  (registration)
+from zoo.losses.base import ItemScorer, Loss, LossConfig
+from zoo.registry import LOSSES
+
+__all__ = ["LOSSES", "ItemScorer", "Loss", "LossConfig", "build_loss"]
+
+
+def build_loss(cfg) -> Loss:
+    """Instantiate the registered loss named by ``cfg.name`` with its (validated) config section."""
+    return LOSSES.get(cfg.name)(cfg)

@@ -1,0 +1,6 @@
+"""Methods: each a LightningModule on ``RecModel``, registered by name in ``zoo.registry.MODELS``."""
+
+from zoo.models import pop  # noqa: F401  (registration)
+from zoo.models.base import ModelConfig, RecModel
+
+__all__ = ["ModelConfig", "RecModel"]

@@ -1,0 +1,141 @@
+"""``python -m zoo.run recipe=NAME [dotted.key=value ...]``: train (if the recipe trains), test, write the run
+directory ``<run_root>/<recipe>/<timestamp>/`` with config.yaml, metrics.json, checkpoints and logs.
+
+``python -m zoo.run --help`` (or ``list``) shows the recipes, models, datasets and losses."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from zoo.errors import ConfigError, ZooError
+
+RUN_DIR_ENV = "ZOO_RUN_DIR"  # set by the launching process so DDP workers share one run directory
+
+
+def listing() -> str:
+    from zoo.config import recipe_names
+    from zoo.registry import LOSSES, MODELS, SOURCES, populate
+
+    populate()
+    return "\n".join(
+        [
+            __doc__.strip(),
+            "",
+            "recipes:  " + ", ".join(recipe_names()),
+            "models:   " + ", ".join(MODELS.names()),
+            "datasets: " + ", ".join(SOURCES.names()),
+            "losses:   " + ", ".join(LOSSES.names()),
+        ]
+    )
+
+
+def parse_args(argv: list[str]) -> tuple[str, list[str]]:
+    recipe = None
+    overrides = []
+    for arg in argv:
+        if arg.startswith("recipe="):
+            recipe = arg.split("=", 1)[1]
+        elif arg.startswith("-"):
+            raise ConfigError(f"unknown option '{arg}' (use --help)")
+        else:
+            overrides.append(arg)
+    if not recipe:
+        raise ConfigError("missing recipe=NAME (python -m zoo.run list shows them)")
+    return recipe, overrides
+
+
+def resolve_run_dir(cfg: DictConfig) -> Path:
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    if cfg.resume:
+        resume = Path(cfg.resume)
+        run_dir = resume.parent.parent if resume.suffix == ".ckpt" else resume
+        if not (run_dir / "config.yaml").is_file():
+            raise ConfigError(f"resume={cfg.resume}: no run directory with config.yaml there")
+        return run_dir
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    base = Path(cfg.run_root) / cfg.recipe
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir, n = base / stamp, 1
+    while run_dir.exists():
+        run_dir, n = base / f"{stamp}-{n}", n + 1
+    return run_dir
+
+
+def resume_checkpoint(cfg: DictConfig) -> str | None:
+    if not cfg.resume:
+        return None
+    resume = Path(cfg.resume)
+    ckpt = resume if resume.suffix == ".ckpt" else resume / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise ConfigError(f"resume={cfg.resume}: no checkpoint at {ckpt}")
+    return str(ckpt)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Run one resolved config end to end; returns the final test metrics (also written to metrics.json)."""
+    import lightning as L
+
+    from zoo.data import SequentialDataModule
+    from zoo.io import write_json_atomic, write_text_atomic
+    from zoo.registry import MODELS
+    from zoo.trainer import build_trainer
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = resolve_run_dir(cfg)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    started = time.time()
+    datamodule = SequentialDataModule(cfg.data, seed=cfg.seed)
+    model = MODELS.get(cfg.model.name)(cfg, datamodule)
+    datamodule.connect(model.data_spec())
+    model.prepare(datamodule)
+    trainer = build_trainer(cfg, model, run_dir)
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    ckpt = None
+    if cfg.train and model.trainable:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg))
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        ckpt = best if best and Path(best).is_file() else None
+    trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+    metrics = dict(model.test_results)
+    metrics["time/total_s"] = round(time.time() - started, 3)
+    if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_score is not None:
+        metrics[f"best/{cfg.trainer.monitor}"] = float(trainer.checkpoint_callback.best_model_score)
+    if trainer.is_global_zero:
+        write_json_atomic(run_dir / "metrics.json", metrics)
+        width = max(len(k) for k in metrics)
+        print("\n".join(f"{k:<{width}}  {v:.4f}" for k, v in sorted(metrics.items())))
+        print(f"run directory: {run_dir}")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help", "list"):
+        print(listing())
+        return 0
+    try:
+        from zoo.config import compose
+
+        recipe, overrides = parse_args(argv)
+        cfg = compose(recipe, overrides)
+        run(cfg)
+    except ZooError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    sys.exit(main())
