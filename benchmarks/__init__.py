@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that measure the zoo and write JSON results under ``benchmarks/results/``."""

@@ -1,0 +1,1 @@
+"""Reusable nn.Modules and structures shared by the methods."""
