@@ -84,23 +84,48 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """Run one resolved config end to end; returns the final test metrics (also written to metrics.json)."""
     import lightning as L
 
-    from zoo.data import SequentialDataModule
-    from zoo.io import write_json_atomic, write_text_atomic
+    from zoo.io import write_json_atomic
     from zoo.registry import MODELS
-    from zoo.trainer import build_trainer
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = resolve_run_dir(cfg)
     os.environ[RUN_DIR_ENV] = str(run_dir)
     started = time.time()
+    model_cls = MODELS.get(cfg.model.name)
+    if getattr(model_cls, "standalone", False):
+        # a stage that is not a recommender over users (e.g. the RQ-VAE of Semantic IDs): it trains and
+        # evaluates itself with a trainer from ``build_trainer`` and returns its final metrics
+        _write_config(cfg, run_dir)
+        metrics, is_zero = model_cls.run_standalone(cfg, run_dir)
+    else:
+        metrics, is_zero = _run_recommender(cfg, model_cls, run_dir)
+    metrics["time/total_s"] = round(time.time() - started, 3)
+    if is_zero:
+        write_json_atomic(run_dir / "metrics.json", metrics)
+        width = max(len(k) for k in metrics)
+        print("\n".join(f"{k:<{width}}  {v:.4f}" for k, v in sorted(metrics.items())))
+        print(f"run directory: {run_dir}")
+    return metrics
+
+
+def _write_config(cfg: DictConfig, run_dir: Path) -> None:
+    from zoo.io import write_text_atomic
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def _run_recommender(cfg: DictConfig, model_cls, run_dir: Path) -> tuple[dict[str, float], bool]:
+    from zoo.data import SequentialDataModule
+    from zoo.trainer import build_trainer
+
     datamodule = SequentialDataModule(cfg.data, seed=cfg.seed)
-    model = MODELS.get(cfg.model.name)(cfg, datamodule)
+    model = model_cls(cfg, datamodule)
     datamodule.connect(model.data_spec())
     model.prepare(datamodule)
     trainer = build_trainer(cfg, model, run_dir)
     if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        _write_config(cfg, run_dir)
     ckpt = None
     if cfg.train and model.trainable:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg))
@@ -108,15 +133,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         ckpt = best if best and Path(best).is_file() else None
     trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
     metrics = dict(model.test_results)
-    metrics["time/total_s"] = round(time.time() - started, 3)
     if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_score is not None:
         metrics[f"best/{cfg.trainer.monitor}"] = float(trainer.checkpoint_callback.best_model_score)
-    if trainer.is_global_zero:
-        write_json_atomic(run_dir / "metrics.json", metrics)
-        width = max(len(k) for k in metrics)
-        print("\n".join(f"{k:<{width}}  {v:.4f}" for k, v in sorted(metrics.items())))
-        print(f"run directory: {run_dir}")
-    return metrics
+    return metrics, trainer.is_global_zero
 
 
 def main(argv: list[str] | None = None) -> int:
