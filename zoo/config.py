@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from zoo.errors import ConfigError
-from zoo.registry import LOSSES, MODELS, nearest, populate
+from zoo.registry import LOSSES, MODELS, SOURCES, nearest, populate
 
 RECIPES_DIR = Path(os.environ.get("ZOO_RECIPES", Path(__file__).resolve().parent.parent / "recipes"))
 
@@ -199,4 +199,31 @@ def compose(recipe: str, overrides: list[str] | None = None) -> DictConfig:
         except OmegaConfBaseException as err:
             raise ConfigError(_explain(err)) from None
     schema.recipe = Path(recipe).stem if recipe.endswith((".yaml", ".yml")) else recipe
+    _check_choices(schema)
     return schema
+
+
+CHOICES = {
+    "trainer.preset": ("cpu", "ddp", "ddp_cpu", "fsdp"),
+    "logger.name": ("csv", "tensorboard", "wandb", "none"),
+    "optim.name": ("adam", "adamw", "adagrad", "sgd"),
+    "optim.scheduler": ("none", "inverse_sqrt", "cosine", "linear"),
+}
+
+
+def _check_choices(cfg: DictConfig) -> None:
+    """Fail at compose time, not mid-run, on a name that is not one of the valid choices."""
+    for key, valid in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in valid:
+            raise ConfigError(f"invalid {key}={value!r}; valid: {', '.join(valid)}")
+    SOURCES.get(cfg.data.name)
+    model_cls = MODELS.get(cfg.model.name)
+    loss_kind = getattr(model_cls, "loss_kind", "none")
+    kind = LOSSES.get(cfg.loss.name).kind
+    if loss_kind != "none" and kind != loss_kind:
+        same = [n for n in LOSSES.names() if LOSSES.get(n).kind == loss_kind]
+        raise ConfigError(
+            f"loss '{cfg.loss.name}' is a {kind} loss; model '{cfg.model.name}' needs a {loss_kind} loss: "
+            + ", ".join(same)
+        )

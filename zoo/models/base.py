@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zoo.data.datamodule import DataSpec, SequentialDataModule
 from zoo.errors import ConfigError
-from zoo.losses import LOSSES, build_loss
+from zoo.losses import build_loss
 from zoo.metrics import RankingMetrics, ranks_from_lists, target_ranks
 from zoo.metrics.chunked import chunked_target_ranks
 
@@ -46,21 +46,11 @@ class RecModel(L.LightningModule):
         self.num_items = datamodule.num_items
         self.num_users = datamodule.num_users
         self.ks = tuple(cfg.eval.ks)
-        self.loss = self._build_loss(cfg.loss) if self.loss_kind != "none" else None
+        self.loss = build_loss(cfg.loss) if self.loss_kind != "none" else None
         self.val_metrics = RankingMetrics(self.ks)
         self.test_metrics = RankingMetrics(self.ks)
         self.test_results: dict[str, float] = {}
         self.save_hyperparameters({"config": OmegaConf.to_container(cfg, resolve=True)})
-
-    def _build_loss(self, loss_cfg):
-        kind = LOSSES.get(loss_cfg.name).kind
-        if kind != self.loss_kind:
-            same = [n for n in LOSSES.names() if LOSSES.get(n).kind == self.loss_kind]
-            raise ConfigError(
-                f"loss '{loss_cfg.name}' is a {kind} loss; model '{self.cfg.model.name}' needs a "
-                f"{self.loss_kind} loss: {', '.join(same)}"
-            )
-        return build_loss(loss_cfg)
 
     # -- what a method supplies ---------------------------------------------------------------------------
     def data_spec(self) -> DataSpec:
