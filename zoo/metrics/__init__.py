@@ -1,5 +1,12 @@
-"""Ranking metrics (full ranking and ranked lists); see ``zoo.metrics.ranking`` for the exact rules."""
+"""Evaluation metrics: ranking (full, sampled, chunked, ranked lists), generation quality and CTR.
 
+``zoo.metrics.ranking`` states the rules (pessimistic ties, padding, optional seen-item masking). The torchmetrics
+classes are registered in ``zoo.registry.METRICS`` as "ranking", "generation" and "ctr".
+"""
+
+from zoo.metrics.chunked import chunked_target_ranks
+from zoo.metrics.ctr import CTRMetrics, auc, ctr_metrics, gauc, log_loss
+from zoo.metrics.generation import GenerationMetrics, generation_stats
 from zoo.metrics.ranking import (
     MISS,
     RankingMetrics,
@@ -7,15 +14,27 @@ from zoo.metrics.ranking import (
     ranked_list_metrics,
     ranking_metrics,
     ranks_from_lists,
+    sampled_ranking_metrics,
+    sampled_ranks,
     target_ranks,
 )
 
 __all__ = [
     "MISS",
+    "CTRMetrics",
+    "GenerationMetrics",
     "RankingMetrics",
+    "auc",
+    "chunked_target_ranks",
+    "ctr_metrics",
+    "gauc",
+    "generation_stats",
+    "log_loss",
     "metrics_from_ranks",
     "ranked_list_metrics",
     "ranking_metrics",
     "ranks_from_lists",
+    "sampled_ranking_metrics",
+    "sampled_ranks",
     "target_ranks",
 ]

@@ -1,10 +1,17 @@
-"""Exact target ranks when items are scored chunk by chunk, so a users x items matrix is never materialised."""
+"""Exact target ranks when items are scored chunk by chunk, so a users x items matrix is never materialised.
+
+Memory is O(B x chunk_size) whatever the catalogue size: 10k users x 1M items evaluate in user batches of a few
+hundred and item chunks of tens of thousands (``benchmarks/metrics_chunked.py`` measures it).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
+
+from zoo.errors import DataError
+from zoo.metrics.ranking import check_item_ids
 
 
 def chunked_target_ranks(
@@ -15,30 +22,62 @@ def chunked_target_ranks(
     max_k: int,
     seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Pessimistic target ranks (see ``zoo.metrics.ranking``), exact below ``max_k`` and capped above it.
+    """Pessimistic target ranks with the rules of ``zoo.metrics.ranking.target_ranks``, exact up to ``max_k``.
 
-    ``score_chunk(start, end)`` returns scores of items ``start..end-1`` ([B, end-start]). A running top-(max_k+1)
-    of the *other* items is merged across chunks; every non-target item scoring >= the target is in it unless
-    more than max_k are, in which case the target misses every K <= max_k anyway.
+    ``score_chunk(start, end)`` returns scores of items ``start..end-1`` ([B, end-start]); item 0 (padding) is
+    never scored. The result equals ``min(target_ranks(full_scores, targets, seen), max_k + 1)``, so every metric
+    at K <= max_k is exact (a capped rank misses every such K).
+
+    How: a running top-(max_k+1) of the scores of the *other*, unmasked items is merged across chunks (the target
+    and masked items are set to -inf inside their chunk). Every other item scoring >= the target is in that top
+    unless more than max_k are, in which case the target misses anyway. A target scoring -inf (or NaN) ties with
+    every other item, so its rank is the number of unmasked other items, counted directly.
     """
+    if chunk_size < 1 or max_k < 1:
+        raise DataError(f"chunk_size and max_k must be positive, got {chunk_size} and {max_k}")
+    check_item_ids(targets, num_items, "targets")
+    if seen is not None:
+        check_item_ids(seen, num_items, "seen", rows=len(targets), allow_padding=True)
+        seen = seen.long()
+    targets = targets.long()
     batch = len(targets)
     keep = max_k + 1
-    top = torch.full((batch, 0), float("-inf"), device=targets.device)
-    target_score = torch.full((batch,), float("nan"), device=targets.device)
-    rows = torch.arange(batch, device=targets.device)
+    device = targets.device
+    rows = torch.arange(batch, device=device)
+    top: torch.Tensor | None = None
+    target_score: torch.Tensor | None = None
     for start in range(1, num_items + 1, chunk_size):
         end = min(start + chunk_size, num_items + 1)
-        scores = score_chunk(start, end).float().clone()
+        raw = score_chunk(start, end)
+        if raw.shape != (batch, end - start):
+            raise DataError(f"score_chunk({start}, {end}) returned {tuple(raw.shape)}, expected {(batch, end - start)}")
+        scores = raw.to(torch.promote_types(raw.dtype, torch.float32), copy=True)
+        scores.masked_fill_(scores.isnan(), float("-inf"))
+        if target_score is None:
+            target_score = torch.full((batch,), float("-inf"), dtype=scores.dtype, device=device)
         inside = (targets >= start) & (targets < end)
         cols = (targets - start).clamp(0, end - start - 1)
         target_score = torch.where(inside, scores[rows, cols], target_score)
         scores[rows[inside], cols[inside]] = float("-inf")
         if seen is not None:
             local = seen - start
-            ok = (local >= 0) & (local < end - start) & (seen != targets.view(-1, 1)) & (seen != 0)
-            r = rows.view(-1, 1).expand_as(seen)[ok]
-            scores[r, local[ok]] = float("-inf")
-        merged = torch.cat([top, scores], dim=1)
-        top = merged.topk(min(keep, merged.shape[1]), dim=1).values
-    ahead = (top >= target_score.view(-1, 1)) & torch.isfinite(top)
-    return ahead.sum(dim=1)
+            masked = (local >= 0) & (local < end - start) & (seen != targets.view(-1, 1))
+            scores[rows.view(-1, 1).expand_as(seen)[masked], local[masked]] = float("-inf")
+        chunk_top = scores.topk(min(keep, end - start), dim=1).values
+        merged = chunk_top if top is None else torch.cat([top, chunk_top], dim=1)
+        top = merged if merged.shape[1] <= keep else merged.topk(keep, dim=1).values
+    assert top is not None and target_score is not None
+    ranks = (top >= target_score.view(-1, 1)).sum(dim=1)
+    lost = target_score == float("-inf")
+    if lost.any():
+        others = num_items - 1 - _distinct_masked(seen, targets) if seen is not None else num_items - 1
+        ranks = torch.where(lost, torch.as_tensor(others, device=device).clamp(max=keep), ranks)
+    return ranks
+
+
+def _distinct_masked(seen: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Number of distinct masked items per row (seen ids other than padding and the target)."""
+    ordered = seen.sort(dim=1).values
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    return (first & (ordered != 0) & (ordered != targets.view(-1, 1))).sum(dim=1)
