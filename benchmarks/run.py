@@ -1,0 +1,293 @@
+"""The leaderboard grid: ``python -m benchmarks.run methods=pop,sasrec datasets=beauty,ml100k budget=cpu``.
+
+Each cell (method, dataset) runs the recipe ``<method>_<dataset>`` composed with the budget's overrides
+(``benchmarks/budgets.yaml``) through ``zoo.run.run`` in its own subprocess (so peak memory is per cell and a
+crash does not end the grid), and writes ``benchmarks/results/<method>__<dataset>__<budget>.json`` with the test
+metrics, the resolved config, the code version, hardware, wall time and peak memory. Cells with a valid result
+are skipped (the grid resumes where it stopped); ``force=true`` re-runs them.
+
+Arguments (key=value): ``methods`` and ``datasets`` (comma-separated, required), ``budget`` (default cpu),
+``force`` (false), ``logger`` (wandb | csv | tensorboard | none; default: the budget's, else the recipe's),
+``dry_run`` (true: list the cells and their state, run nothing), ``results_dir``, ``run_root``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from zoo.errors import ConfigError, ZooError
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+BUDGETS_PATH = BENCH_DIR / "budgets.yaml"
+CELL_KIND = "leaderboard_cell"
+WANDB_PROJECT = "zoo-leaderboard"
+LOGGERS = ("csv", "tensorboard", "wandb", "none")
+CELL_ARG = "_cell"  # internal: the grid runs each cell as ``python -m benchmarks.run _cell=METHOD:DATASET ...``
+
+
+@dataclass
+class GridArgs:
+    methods: list[str]
+    datasets: list[str]
+    budget: str = "cpu"
+    force: bool = False
+    logger: str | None = None
+    dry_run: bool = False
+    results_dir: Path = BENCH_DIR / "results"
+    run_root: Path = REPO_ROOT / "runs" / "leaderboard"
+
+
+def result_name(method: str, dataset: str, budget: str) -> str:
+    """File stem of a cell's result: ``<method>__<dataset>__<budget>``."""
+    return f"{method}__{dataset}__{budget}"
+
+
+def recipe_cells() -> dict[tuple[str, str], str]:
+    """(method, dataset) -> recipe name, for every recipe named ``<method>_<dataset>``."""
+    from zoo.config import recipe_names
+
+    cells = {}
+    for name in recipe_names():
+        method, sep, dataset = name.rpartition("_")
+        if sep and method and dataset:
+            cells[(method, dataset)] = name
+    return cells
+
+
+def load_budgets(path: Path = BUDGETS_PATH) -> dict[str, dict]:
+    """The budgets of ``budgets.yaml``: name -> {description, overrides, methods, logger}."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read budgets {path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ConfigError(f"{path}: expected a mapping of budget name -> settings")
+    for name, budget in data.items():
+        unknown = set(budget) - {"description", "overrides", "methods", "logger"}
+        if unknown:
+            raise ConfigError(f"{path}: budget '{name}' has unknown keys {sorted(unknown)}")
+    return data
+
+
+def _override(key: str, value: Any) -> str:
+    """One ``dotted.key=value`` string that OmegaConf parses back to ``value`` (strings stay strings)."""
+    if isinstance(value, str):
+        return f"{key}='{value}'"
+    if isinstance(value, (list, dict)):
+        return f"{key}={json.dumps(value)}"
+    return f"{key}={yaml.safe_dump(value, default_flow_style=True).splitlines()[0]}"
+
+
+def cell_overrides(
+    budgets: dict[str, dict], budget: str, method: str, model_name: str, logger: str | None, run_dir: Path
+) -> list[str]:
+    """The overrides a cell runs with: budget-wide, then per model name, then per method; logger; run dir."""
+    spec = budgets[budget]
+    layers: list[dict] = [spec.get("overrides") or {}]
+    per_method = spec.get("methods") or {}
+    layers.append(per_method.get(model_name) or {})
+    if method != model_name:
+        layers.append(per_method.get(method) or {})
+    overrides = [_override(k, v) for layer in layers for k, v in layer.items()]
+    logger = logger or spec.get("logger")
+    if logger:
+        if logger not in LOGGERS:
+            raise ConfigError(f"unknown logger '{logger}' ({' | '.join(LOGGERS)})")
+        overrides.append(_override("logger.name", logger))
+        if logger == "wandb":
+            overrides += [_override("logger.project", WANDB_PROJECT), _override("logger.group", budget)]
+    overrides.append(_override("run_dir", str(run_dir)))
+    return overrides
+
+
+def compose_cell(args: GridArgs, budgets: dict[str, dict], method: str, dataset: str, recipe: str):
+    """The resolved config of one cell (``zoo.config.compose`` of the recipe plus the budget's overrides)."""
+    from zoo.config import compose, load_recipe
+
+    model_name = (load_recipe(recipe).get("model") or {}).get("name", method)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run_dir = args.run_root / args.budget / result_name(method, dataset, args.budget) / stamp
+    overrides = cell_overrides(budgets, args.budget, method, model_name, args.logger, run_dir)
+    return compose(recipe, overrides), overrides
+
+
+def finished_result(path: Path, method: str, dataset: str, budget: str) -> bool:
+    """Whether ``path`` holds a complete result of this cell (parseable, same cell, with test metrics)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return (
+        isinstance(record, dict)
+        and record.get("kind") == CELL_KIND
+        and (record.get("method"), record.get("dataset"), record.get("budget")) == (method, dataset, budget)
+        and any(str(k).startswith("test/") for k in (record.get("metrics") or {}))
+    )
+
+
+def _epochs_run(run_dir: Path) -> dict[str, int] | None:
+    """Epochs and optimiser steps actually run, read from the run's last checkpoint (None: nothing trained)."""
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        return None
+    import torch
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    return {"epochs": int(state.get("epoch", -1)) + 1, "steps": int(state.get("global_step", 0))}
+
+
+def run_cell(args: GridArgs, method: str, dataset: str) -> Path:
+    """Run one cell in this process and write its result JSON; returns the JSON path."""
+    from omegaconf import OmegaConf
+
+    from benchmarks.common import write_result
+    from zoo.run import RUN_DIR_ENV, run
+
+    started = time.time()
+    load_start = round(os.getloadavg()[0], 2)
+    budgets = load_budgets()
+    recipe = recipe_cells()[(method, dataset)]
+    cfg, overrides = compose_cell(args, budgets, method, dataset, recipe)
+    os.environ.pop(RUN_DIR_ENV, None)  # the cell's own run_dir, never one inherited from a parent process
+    metrics = run(cfg)
+    payload = {
+        "kind": CELL_KIND,
+        "method": method,
+        "dataset": dataset,
+        "budget": args.budget,
+        "budget_description": budgets[args.budget].get("description", ""),
+        "recipe": recipe,
+        "overrides": overrides,
+        "command": f"python -m benchmarks.run methods={method} datasets={dataset} budget={args.budget}",
+        "metrics": metrics,
+        "training": _epochs_run(Path(cfg.run_dir)),
+        "run_dir": str(cfg.run_dir),
+        "load_avg_1m_start": load_start,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    return write_result(result_name(method, dataset, args.budget), payload, started, directory=args.results_dir)
+
+
+def _cell_command(args: GridArgs, method: str, dataset: str) -> list[str]:
+    command = [sys.executable, "-m", "benchmarks.run", f"{CELL_ARG}={method}:{dataset}", f"budget={args.budget}"]
+    command += [f"results_dir={args.results_dir.resolve()}", f"run_root={args.run_root.resolve()}"]
+    if args.logger:
+        command.append(f"logger={args.logger}")
+    return command
+
+
+def plan(args: GridArgs) -> list[tuple[str, str, str]]:
+    """Validate the grid and return every cell as (method, dataset, state): todo | done | no recipe."""
+    budgets = load_budgets()
+    if args.budget not in budgets:
+        raise ConfigError(f"unknown budget '{args.budget}'; valid: {', '.join(budgets)}")
+    cells = recipe_cells()
+    valid_methods = sorted({m for m, _ in cells})
+    valid_datasets = sorted({d for _, d in cells})
+    for kind, asked, valid in (("method", args.methods, valid_methods), ("dataset", args.datasets, valid_datasets)):
+        if not asked:
+            raise ConfigError(f"no {kind}s given ({kind}s=a,b); valid: {', '.join(valid)}")
+        unknown = [name for name in asked if name not in valid]
+        if unknown:
+            raise ConfigError(f"unknown {kind} '{unknown[0]}'; valid: {', '.join(valid)}")
+    grid = []
+    for dataset in args.datasets:
+        for method in args.methods:
+            if (method, dataset) not in cells:
+                state = "no recipe"
+            elif not args.force and finished_result(
+                args.results_dir / f"{result_name(method, dataset, args.budget)}.json", method, dataset, args.budget
+            ):
+                state = "done"
+            else:
+                state = "todo"
+            grid.append((method, dataset, state))
+    return grid
+
+
+def run_grid(args: GridArgs) -> int:
+    """Run every unfinished cell, one subprocess at a time; returns 1 if any cell failed, else 0."""
+    grid = plan(args)
+    failed = []
+    for method, dataset, state in grid:
+        label = f"{method} on {dataset} ({args.budget})"
+        if state != "todo" or args.dry_run:
+            print(f"[{state}] {label}", flush=True)
+            continue
+        print(f"[run] {label}", flush=True)
+        started = time.time()
+        env = {k: v for k, v in os.environ.items() if k != "ZOO_RUN_DIR"}
+        code = subprocess.run(_cell_command(args, method, dataset), cwd=REPO_ROOT, env=env).returncode
+        verdict = "ok" if code == 0 else f"FAILED (exit {code})"
+        print(f"[{verdict}] {label} in {time.time() - started:.0f} s", flush=True)
+        if code != 0:
+            failed.append(label)
+    if failed:
+        print(f"{len(failed)} cell(s) failed: {'; '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _flag(key: str, value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"{key}={value}: expected true or false")
+
+
+def parse_args(argv: list[str]) -> tuple[GridArgs, tuple[str, str] | None]:
+    """Parse ``key=value`` arguments; the second value is the (method, dataset) of an internal cell run."""
+    values: dict[str, str] = {}
+    keys = ("methods", "datasets", "budget", "force", "logger", "dry_run", "results_dir", "run_root", CELL_ARG)
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in keys:
+            raise ConfigError(f"unknown argument '{arg}'; expected key=value with key in: {', '.join(keys[:-1])}")
+        values[key] = value
+    args = GridArgs(
+        methods=[m for m in values.get("methods", "").split(",") if m],
+        datasets=[d for d in values.get("datasets", "").split(",") if d],
+        budget=values.get("budget", "cpu"),
+        force=_flag("force", values.get("force", "false")),
+        logger=values.get("logger") or None,
+        dry_run=_flag("dry_run", values.get("dry_run", "false")),
+    )
+    if "results_dir" in values:
+        args.results_dir = Path(values["results_dir"])
+    if "run_root" in values:
+        args.run_root = Path(values["run_root"])
+    cell = None
+    if CELL_ARG in values:
+        method, _, dataset = values[CELL_ARG].partition(":")
+        cell = (method, dataset)
+    return args, cell
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(__doc__.strip())
+        return 0
+    try:
+        args, cell = parse_args(argv)
+        if cell is not None:
+            print(f"result: {run_cell(args, *cell)}")
+            return 0
+        return run_grid(args)
+    except ZooError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

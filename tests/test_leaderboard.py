@@ -1,0 +1,268 @@
+"""The leaderboard: the grid runner (benchmarks/run.py), budgets and papers as data, the renderer."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import render as lb_render
+from benchmarks import run as lb_run
+from zoo.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures" / "leaderboard"
+METHODS_MD = Path(__file__).resolve().parents[2] / "shared" / "docs" / "methods.md"
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def _grid(tmp_path: Path, **kwargs) -> lb_run.GridArgs:
+    defaults = dict(methods=["pop"], datasets=["ml100k"], budget="smoke")
+    defaults.update(kwargs)
+    return lb_run.GridArgs(**defaults, results_dir=tmp_path / "results", run_root=tmp_path / "runs")
+
+
+# -- rendering ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory) -> tuple[Path, str]:
+    out_dir = tmp_path_factory.mktemp("leaderboard")
+    out = lb_render.render(FIXTURES, out_dir / "LEADERBOARD.md", out_dir / "plots", lb_render.BENCH_DIR / "papers.yaml")
+    return out_dir, out.read_text()
+
+
+def _section(text: str, dataset: str) -> str:
+    return text.split(f"(`{dataset}`)", 1)[1].split("\n## ", 1)[0]
+
+
+def test_render_tables_show_ours_paper_and_relative_difference(rendered) -> None:
+    _, text = rendered
+    beauty = _section(text, "beauty")
+    rows = [line for line in beauty.splitlines() if line.startswith("| ") and not line.startswith("| Method")]
+    assert [r.split(" | ")[0] for r in rows] == [
+        "| sasrec",
+        "| sasrec_bce",
+        "| pop",
+        "| tiger (not run)",
+        "| p5 (not run)",
+    ]
+    bce = rows[1]
+    # ours 0.0400 vs TIGER Table 1 SASRec 0.0387 -> +3.4%; 0.0500 vs 0.0605 -> -17.4%
+    assert "0.0400 (paper 0.0387, +3.4%)" in bce and "0.0500 (paper 0.0605, -17.4%)" in bce
+    assert "12/200 ep" in bce and "9.0 min" in bce and "1.5 GiB" in bce and "2 CPU, load 1.5→2.0" in bce
+    assert "01234567 (dirty)" in bce
+    assert "paper 0.0454" in rows[3] and "paper 0.0163" in rows[4]
+    assert "row 'SASRec (BCE, S3-Rec training)'" in beauty and "Table 1" in beauty
+    assert "| pop | cpu | 0.0255 | 0.0140 | 0.0498 | 0.0220 | — | 5 s | 480 MiB |" in _section(text, "ml100k")
+    assert "p5" not in _section(text, "sports") and "paper 0.0233" in _section(text, "sports")
+    assert "No runs yet." in _section(text, "yelp")
+    assert "| sasrec_bce | cpu | 0.0300 (paper 0.0318, -5.7%) |" in text  # the NDCG@10 overview
+
+
+def test_render_lists_other_files_without_tabulating_them(rendered) -> None:
+    out_dir, text = rendered
+    others = text.split("## Other benchmarks", 1)[1]
+    assert "[peer_recbole_sasrec.json]" in others
+    assert "[pop__toys__cpu.json]" in others and "unreadable" in others
+    tables = text.split("## Other benchmarks")[0]
+    assert "peer_recbole" not in tables and "toys__cpu" not in tables
+    for link in re.findall(r"\]\(([^)]+\.(?:json|png))\)", text):
+        assert (out_dir / link).resolve().is_file(), link
+
+
+def test_render_writes_one_png_per_dataset_with_results(rendered) -> None:
+    out_dir, _ = rendered
+    plots = sorted(p.name for p in (out_dir / "plots").iterdir())
+    assert plots == ["beauty.png", "ml100k.png"]
+    assert (out_dir / "plots" / "beauty.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_papers_rejects_unknown_source(tmp_path: Path) -> None:
+    bad = tmp_path / "papers.yaml"
+    bad.write_text("sources: {}\nrows:\n  - {method: x, dataset: beauty, source: nope, values: {recall@5: 0.1}}\n")
+    with pytest.raises(ConfigError, match="unknown source 'nope'"):
+        lb_render.load_papers(bad)
+
+
+@pytest.mark.skipif(not METHODS_MD.is_file(), reason="shared/docs/methods.md not available")
+def test_papers_yaml_matches_methods_md() -> None:
+    """Every published number in papers.yaml is the one in the methods document (TIGER Table 1)."""
+    doc = METHODS_MD.read_text()
+    table = {}
+    for name in ("SASRec", "TIGER"):
+        line = next(line for line in doc.splitlines() if line.startswith(f"| {name} |"))
+        for dataset, cell in zip(("beauty", "sports", "toys"), line.strip("| \n").split(" | ")[1:]):
+            table[(name, dataset)] = [float(v) for v in cell.split(" / ")]
+    p5 = re.search(r"TIGER paper's P5 row \(Beauty\s+([.\d/]+)\)", doc).group(1)
+    table[("P5", "beauty")] = [float(v) for v in p5.split("/")]
+    papers = lb_render.load_papers()
+    method_of = {"SASRec": "sasrec_bce", "TIGER": "tiger", "P5": "p5"}
+    assert len(papers.rows) == len(table)
+    for (name, dataset), values in table.items():
+        row = papers.find(method_of[name], dataset)
+        assert [row.values[m] for m in lb_render.METRICS] == values, (name, dataset)
+
+
+# -- the grid ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["methods=sasrek", "datasets=ml100k"], r"unknown method 'sasrek'; valid: .*pop"),
+        (["methods=pop", "datasets=ml1m"], r"unknown dataset 'ml1m'; valid: .*ml100k"),
+        (["methods=pop", "datasets=ml100k", "budget=huge"], r"unknown budget 'huge'; valid: smoke, cpu, gpu"),
+        (["datasets=ml100k"], r"no methods given"),
+        (["methods=pop", "epochs=3"], r"unknown argument 'epochs=3'"),
+        (["methods=pop", "datasets=ml100k", "force=maybe"], r"force=maybe: expected true or false"),
+    ],
+)
+def test_bad_grid_arguments_exit_2_with_one_line(argv, expected, capsys) -> None:
+    assert lb_run.main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(expected, err), err
+
+
+def test_budget_overrides_layer_budget_then_model_then_method() -> None:
+    budgets = {
+        "b": {
+            "overrides": {"trainer.max_epochs": 3, "trainer.max_time": "00:00:10:00"},
+            "methods": {"sasrec": {"trainer.max_epochs": 5}, "sasrec_bce": {"trainer.max_epochs": 7}},
+        }
+    }
+    run_dir = Path("/tmp/x")
+    overrides = lb_run.cell_overrides(budgets, "b", "sasrec_bce", "sasrec", "wandb", run_dir)
+    assert overrides == [
+        "trainer.max_epochs=3",
+        "trainer.max_time='00:00:10:00'",
+        "trainer.max_epochs=5",
+        "trainer.max_epochs=7",
+        "logger.name='wandb'",
+        "logger.project='zoo-leaderboard'",
+        "logger.group='b'",
+        "run_dir='/tmp/x'",
+    ]
+    assert lb_run.cell_overrides(budgets, "b", "sasrec", "sasrec", None, run_dir)[2:] == [
+        "trainer.max_epochs=5",
+        "run_dir='/tmp/x'",
+    ]
+    with pytest.raises(ConfigError, match="unknown logger 'mlflow'"):
+        lb_run.cell_overrides(budgets, "b", "pop", "pop", "mlflow", run_dir)
+
+
+def test_every_budget_composes_with_every_recipe_cell(tmp_path: Path) -> None:
+    """Budgets are data: each one must be valid for every <method>_<dataset> recipe it can be applied to."""
+    budgets = lb_run.load_budgets()
+    assert {"smoke", "cpu", "gpu"} <= set(budgets)
+    for (method, dataset), recipe in lb_run.recipe_cells().items():
+        for budget in budgets:
+            cfg, _ = lb_run.compose_cell(_grid(tmp_path, budget=budget), budgets, method, dataset, recipe)
+            assert cfg.recipe == recipe and str(tmp_path) in cfg.run_dir
+
+
+def test_wandb_logger_offline_in_leaderboard_project(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import WandbLogger
+
+    from zoo.trainer import build_loggers
+
+    args = _grid(tmp_path, budget="cpu", logger="wandb")
+    cfg, _ = lb_run.compose_cell(args, lb_run.load_budgets(), "pop", "ml100k", "pop_ml100k")
+    loggers = build_loggers(cfg, tmp_path)
+    wandb = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+    assert len(wandb) == 1
+    assert wandb[0]._offline is True  # no account, no network
+    assert wandb[0]._wandb_init["project"] == "zoo-leaderboard" and wandb[0]._wandb_init["group"] == "cpu"
+
+
+def test_plan_resumes_skipping_finished_cells(tmp_path: Path) -> None:
+    args = _grid(tmp_path, methods=["pop", "sasrec"], datasets=["ml100k", "beauty"])
+    results = args.results_dir
+    results.mkdir(parents=True)
+    done = {"kind": lb_run.CELL_KIND, "method": "pop", "dataset": "ml100k", "budget": "smoke"}
+    (results / "pop__ml100k__smoke.json").write_text(json.dumps({**done, "metrics": {"test/ndcg@10": 0.02}}))
+    (results / "pop__beauty__smoke.json").write_text('{"kind": "leaderboard_cell", "metr')  # interrupted write
+    states = {(m, d): s for m, d, s in lb_run.plan(args)}
+    assert states[("pop", "ml100k")] == "done" and states[("pop", "beauty")] == "todo"
+    assert states[("sasrec", "ml100k")] == "todo"
+    args.force = True
+    assert lb_run.plan(args)[0] == ("pop", "ml100k", "todo")
+    # a file of another budget, or one without test metrics, is not a finished cell
+    (results / "pop__ml100k__smoke.json").write_text(json.dumps({**done, "budget": "cpu", "metrics": {"test/x": 1}}))
+    assert not lb_run.finished_result(results / "pop__ml100k__smoke.json", "pop", "ml100k", "smoke")
+    (results / "pop__ml100k__smoke.json").write_text(json.dumps({**done, "metrics": {}}))
+    assert not lb_run.finished_result(results / "pop__ml100k__smoke.json", "pop", "ml100k", "smoke")
+
+
+def test_grid_runs_each_unfinished_cell_in_its_own_subprocess(tmp_path: Path, monkeypatch, capsys) -> None:
+    args = _grid(tmp_path, methods=["pop", "sasrec"])
+    args.results_dir.mkdir(parents=True)
+    finished = {"kind": lb_run.CELL_KIND, "method": "pop", "dataset": "ml100k", "budget": "smoke"}
+    (args.results_dir / "pop__ml100k__smoke.json").write_text(json.dumps({**finished, "metrics": {"test/a": 1}}))
+    calls = []
+
+    def fake_run(command, cwd, env):
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 1)  # the cell crashes
+
+    monkeypatch.setattr(lb_run.subprocess, "run", fake_run)
+    assert lb_run.run_grid(args) == 1  # a failed cell fails the grid, after the others ran
+    assert len(calls) == 1 and calls[0][:4] == [sys.executable, "-m", "benchmarks.run", "_cell=sasrec:ml100k"]
+    out = capsys.readouterr()
+    assert "[done] pop on ml100k" in out.out and "FAILED (exit 1)" in out.out and "1 cell(s) failed" in out.err
+    calls.clear()
+    args.dry_run = True
+    assert lb_run.run_grid(args) == 0 and calls == []
+
+
+def test_run_cell_writes_a_complete_result(tmp_path: Path) -> None:
+    """pop on MovieLens-100K (embedded) at the smoke budget, in process: the JSON has every field it promises."""
+    args = _grid(tmp_path)
+    path = lb_run.run_cell(args, "pop", "ml100k")
+    assert path == args.results_dir / "pop__ml100k__smoke.json"
+    record = json.loads(path.read_text())
+    for key in ("metrics", "config", "git_commit", "hardware", "wall_time_s", "peak_memory_mb", "overrides"):
+        assert record[key], key
+    assert (record["method"], record["dataset"], record["budget"], record["recipe"]) == (
+        "pop",
+        "ml100k",
+        "smoke",
+        "pop_ml100k",
+    )
+    assert 0 < record["metrics"]["test/recall@10"] < 1 and record["training"] is None
+    assert record["config"]["trainer"]["limit_train_batches"] == 2
+    assert Path(record["run_dir"], "metrics.json").is_file() and str(tmp_path) in record["run_dir"]
+    assert lb_run.finished_result(path, "pop", "ml100k", "smoke")
+
+
+@pytest.mark.slow
+def test_grid_command_end_to_end_and_resume(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "benchmarks.run", "methods=pop", "datasets=ml100k", "budget=smoke"]
+    command += [f"results_dir={tmp_path / 'results'}", f"run_root={tmp_path / 'runs'}", "logger=wandb"]
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    record = json.loads((tmp_path / "results" / "pop__ml100k__smoke.json").read_text())
+    assert record["config"]["logger"] == {
+        "name": "wandb",
+        "project": "zoo-leaderboard",
+        "group": "smoke",
+        "offline": True,
+    }
+    assert list(Path(record["run_dir"]).glob("wandb/offline-run-*"))  # the offline run was logged locally
+    second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0 and "[done] pop on ml100k (smoke)" in second.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DATASETS / "Beauty").is_dir(), reason="shared datasets not available")
+def test_pop_on_beauty_real_data(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("ZOO_DATA_DIR", str(DATASETS))
+    path = lb_run.run_cell(_grid(tmp_path, datasets=["beauty"]), "pop", "beauty")
+    metrics = json.loads(path.read_text())["metrics"]
+    assert metrics["test/recall@10"] > 0
