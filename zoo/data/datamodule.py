@@ -11,6 +11,11 @@ Protocol (``../shared/docs/methods.md``): for a user with sequence s of length n
 Histories keep the most recent ``max_len`` items and are **left**-padded with 0, so the last column is always the
 most recent item. Sources with their own split (``Corpus.fixed_splits``) use it instead of leave-one-out.
 
+Candidate lists (batch key ``candidates``, item ids [B, n]): with ``data.eval_candidates = n > 0`` every val / test
+example carries its target in column 0 and n-1 items the user never interacted with, drawn uniformly without
+replacement with a fixed seed (the same lists for every method and run); with ``data.candidates_path`` the lists of
+a retriever's candidates file (``zoo.data.candidates``) are attached to the examples of every split the file has.
+
 A model states what it needs with ``connect(DataSpec(...))`` before ``setup`` (litgpt style): the training mode,
 the history length, and a ``transform`` applied to each collated batch (e.g. items -> Semantic-ID tokens or ->
 a tokenised prompt), so one DataModule serves ID, Semantic-ID and text methods.
@@ -26,9 +31,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from zoo.data.candidates import load_candidates
 from zoo.data.corpus import Corpus
 from zoo.data.loading import load_corpus
-from zoo.errors import DataError
+from zoo.errors import ConfigError, DataError
+
+EVAL_CANDIDATES_SEED = 2020  # fixed, independent of the run seed: every method ranks the same sampled lists
 
 
 @dataclass
@@ -47,6 +55,7 @@ class Examples:
     end: np.ndarray
     target: np.ndarray  # [E]; unused (-1) for sequence-mode rows, whose targets are source[start+1:end+1]
     user: np.ndarray
+    candidates: np.ndarray | None = None  # [E, n] item ids to rank (sampled or a retriever's), or None
 
     def __len__(self) -> int:
         return len(self.start)
@@ -77,6 +86,8 @@ class ExampleDataset(Dataset):
             batch["targets"] = torch.from_numpy(targets)
         else:
             batch["target"] = torch.from_numpy(ex.target[idx])
+        if ex.candidates is not None:
+            batch["candidates"] = torch.from_numpy(ex.candidates[idx])
         return self.transform(batch) if self.transform is not None else batch
 
 
@@ -142,9 +153,11 @@ class SequentialDataModule(L.LightningDataModule):
         """The examples of ``split`` ("train", "val" or "test") under the connected spec."""
         if split not in self._examples:
             if self.corpus.fixed_splits:
-                self._examples[split] = self._fixed_examples(split)
+                examples = self._fixed_examples(split)
             else:
-                self._examples[split] = self._leave_one_out(split)
+                examples = self._leave_one_out(split)
+            self._attach_candidates(split, examples)
+            self._examples[split] = examples
         return self._examples[split]
 
     def train_item_counts(self, split: str = "val") -> np.ndarray:
@@ -191,6 +204,43 @@ class SequentialDataModule(L.LightningDataModule):
         fs = splits[name]
         return Examples(fs.history, fs.offsets[:-1], fs.offsets[1:], fs.targets, fs.users)
 
+    # -- candidate lists ------------------------------------------------------------------------------------------
+    def _attach_candidates(self, split: str, examples: Examples) -> None:
+        sampled = getattr(self.cfg, "eval_candidates", 0) or 0
+        path = getattr(self.cfg, "candidates_path", None)
+        if sampled and path:
+            raise ConfigError("data.eval_candidates and data.candidates_path both set: choose one candidate source")
+        if sampled < 0:
+            raise ConfigError(f"data.eval_candidates={sampled}: expected 0 (full ranking) or a list size >= 1")
+        if sampled and split in ("val", "test"):
+            seen_items, seen_offsets = self._interacted(examples)
+            seed = (EVAL_CANDIDATES_SEED, ("val", "test").index(split))
+            examples.candidates = sample_candidates(
+                self.num_items, examples.target, seen_items, seen_offsets, sampled, seed, self.corpus.name
+            )
+        elif path:
+            examples.candidates = retriever_candidates(path, split, examples.user, self.num_users, self.num_items)
+
+    def _interacted(self, examples: Examples) -> tuple[np.ndarray, np.ndarray]:
+        """Per example, the items its user interacted with, flat + offsets: the whole sequence under
+        leave-one-out; the history and target of the example for sources with their own split."""
+        c = self.corpus
+        if not c.fixed_splits:
+            starts, ends = c.offsets[examples.user], c.offsets[examples.user + 1]
+            source = c.items
+        else:
+            starts, ends, source = examples.start, examples.end, examples.source
+        lengths = ends - starts
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths + 1, out=offsets[1:])
+        flat = np.empty(offsets[-1], dtype=np.int64)
+        positions = np.arange(offsets[-1]) - np.repeat(offsets[:-1], lengths + 1)
+        is_target = positions == np.repeat(lengths, lengths + 1)
+        from_source = np.repeat(starts, lengths + 1) + positions
+        flat[~is_target] = source[from_source[~is_target]]
+        flat[is_target] = examples.target
+        return flat, offsets
+
     # -- loaders --------------------------------------------------------------------------------------------
     def _loader(self, split: str, train: bool) -> DataLoader:
         ex = self.examples(split)
@@ -216,3 +266,84 @@ class SequentialDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
+
+
+def sample_candidates(
+    num_items: int,
+    targets: np.ndarray,
+    seen_items: np.ndarray,
+    seen_offsets: np.ndarray,
+    size: int,
+    seed,
+    name: str = "data",
+) -> np.ndarray:
+    """[E, size] candidate lists: column 0 the target, then ``size - 1`` distinct items drawn uniformly from the
+    items example e never interacted with (``seen_items[seen_offsets[e]:seen_offsets[e+1]]``), reproducibly
+    from ``seed``. Rejection sampling in one vectorised round; the rare rows it leaves short (users who saw most
+    of the catalogue) are drawn exactly from their unseen items."""
+    num_examples, wanted = len(targets), size - 1
+    out = np.empty((num_examples, size), dtype=np.int64)
+    out[:, 0] = targets
+    if wanted == 0 or num_examples == 0:
+        return out
+    lengths = np.diff(seen_offsets)
+    rows = np.repeat(np.arange(num_examples, dtype=np.int64), lengths)
+    seen_keys = np.unique(rows * (num_items + 1) + seen_items)
+    seen_count = np.bincount(seen_keys // (num_items + 1), minlength=num_examples)
+    short = np.flatnonzero(num_items - seen_count < wanted)
+    if len(short):
+        raise DataError(
+            f"{name}: data.eval_candidates={size} needs {wanted} items example {short[0]} never interacted with; "
+            f"it has {num_items - seen_count[short[0]]}"
+        )
+    rng = np.random.default_rng(seed)
+    draws_per_row = 2 * wanted + 16
+    chunk = max(1, (1 << 22) // draws_per_row)
+    retry: list[np.ndarray] = []
+    for begin in range(0, num_examples, chunk):
+        block = np.arange(begin, min(begin + chunk, num_examples))
+        draws = rng.integers(1, num_items + 1, size=(len(block), draws_per_row))
+        keys = block[:, None] * (num_items + 1) + draws
+        found = np.searchsorted(seen_keys, keys).clip(max=len(seen_keys) - 1)
+        valid = seen_keys[found] != keys
+        order = np.argsort(draws, axis=1, kind="stable")
+        ordered = np.take_along_axis(draws, order, axis=1)
+        repeat_sorted = np.zeros_like(valid)
+        repeat_sorted[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+        repeated = np.empty_like(valid)
+        np.put_along_axis(repeated, order, repeat_sorted, axis=1)
+        valid &= ~repeated
+        full = valid.sum(axis=1) >= wanted
+        first_valid = np.argsort(~valid, axis=1, kind="stable")[:, :wanted]
+        out[block[full], 1:] = np.take_along_axis(draws, first_valid, axis=1)[full]
+        retry.append(block[~full])
+    for row in np.concatenate(retry):
+        unseen = np.setdiff1d(np.arange(1, num_items + 1), seen_items[seen_offsets[row] : seen_offsets[row + 1]])
+        out[row, 1:] = rng.choice(unseen, size=wanted, replace=False)
+    return out
+
+
+def retriever_candidates(path, split: str, users: np.ndarray, num_users: int, num_items: int) -> np.ndarray | None:
+    """The rows of a candidates file (``zoo.data.candidates``) for the examples' ``users`` in ``split``, or
+    None when the file has no lists for that split."""
+    lists = load_candidates(path)
+    if split not in lists:
+        return None
+    file_users, items = lists[split]
+    if items.ndim != 2 or len(items) != len(file_users):
+        raise DataError(f"{path}: '{split}' must be [users, K] item ids with one user index per row")
+    if len(items) and (items.min() < 0 or items.max() > num_items):
+        raise DataError(f"{path}: '{split}' has item ids outside 0..{num_items} (0 = padding)")
+    if len(file_users) and (file_users.min() < 0 or file_users.max() >= num_users):
+        raise DataError(f"{path}: '{split}' has user indices outside 0..{num_users - 1}")
+    row_of = np.full(num_users, -1, dtype=np.int64)
+    row_of[file_users] = np.arange(len(file_users))
+    if len(np.unique(file_users)) != len(file_users):
+        raise DataError(f"{path}: '{split}' lists a user twice")
+    if (users < 0).any():
+        raise DataError(f"{path}: the {split} examples have no user index to match candidate lists with")
+    rows = row_of[users]
+    if (rows < 0).any():
+        missing = users[rows < 0]
+        raise DataError(f"{path}: no '{split}' candidates for {len(np.unique(missing))} users (e.g. user {missing[0]})")
+    return items[rows]

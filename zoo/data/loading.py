@@ -1,18 +1,36 @@
-"""Load a registered source into a Corpus and apply the generic filters of ``data:``."""
+"""Load a registered source into a Corpus, apply the generic filters of ``data:``, and cache the result.
+
+``load_corpus`` is what every DataModule calls: the source named by ``data.name`` builds the corpus (from the
+data root, downloading missing upstream files), ``data.min_seq_len`` drops short users, and with
+``data.cache`` the result is stored in the corpus cache (``zoo.data.cache``) so the next run reads it back.
+"""
 
 from __future__ import annotations
 
+import numpy as np
+
 import zoo.data.sources  # noqa: F401  (registers the sources)
+from zoo.data.cache import cached
 from zoo.data.corpus import Corpus
+from zoo.errors import ConfigError, DataError
 from zoo.registry import SOURCES
 
 
 def load_corpus(cfg) -> Corpus:
-    """The corpus of ``cfg.name`` (a ``DataConfig``), filtered by ``min_seq_len``."""
-    corpus = SOURCES.get(cfg.name)(cfg)
-    if cfg.min_seq_len:
-        corpus = filter_short_users(corpus, cfg.min_seq_len)
-    return corpus
+    """The corpus of ``cfg.name`` (a ``DataConfig``), filtered by ``min_seq_len``, cached when ``cfg.cache``."""
+    source = SOURCES.get(cfg.name)
+    if cfg.k_core and not getattr(source, "handles_k_core", False):
+        raw = ", ".join(n for n in SOURCES.names() if getattr(SOURCES.get(n), "handles_k_core", False))
+        raise ConfigError(
+            f"data.k_core={cfg.k_core}: source '{cfg.name}' reads already-filtered data; k-core applies to raw "
+            f"sources ({raw})"
+        )
+
+    def build() -> Corpus:
+        corpus = source(cfg)
+        return filter_short_users(corpus, cfg.min_seq_len) if cfg.min_seq_len else corpus
+
+    return cached(cfg, cfg.name, source, build) if cfg.cache else build()
 
 
 def filter_short_users(corpus: Corpus, min_len: int) -> Corpus:
@@ -20,10 +38,10 @@ def filter_short_users(corpus: Corpus, min_len: int) -> Corpus:
     keep = corpus.lengths() >= min_len
     if keep.all():
         return corpus
-    import numpy as np
-
+    if not keep.any():
+        raise DataError(f"{corpus.name}: no user has the {min_len} interactions data.min_seq_len asks for")
     users = np.flatnonzero(keep)
-    rows = np.concatenate([np.arange(corpus.offsets[u], corpus.offsets[u + 1]) for u in users])
+    rows = np.flatnonzero(np.repeat(keep, corpus.lengths()))
     offsets = np.zeros(len(users) + 1, dtype=np.int64)
     np.cumsum(corpus.lengths()[users], out=offsets[1:])
     return Corpus(

@@ -1,0 +1,145 @@
+"""Cache of processed corpora, so that a second run skips parsing the source files.
+
+One uncompressed ``.npz`` per corpus: the integer / float arrays as they are, and the strings (raw ids, item
+text, user features) as one UTF-8 JSON blob. Loading needs no pickle (``allow_pickle=False``), so a cache file
+cannot run code. Files are written atomically; the name is a hash of ``FORMAT_VERSION``, the source name, the
+``data:`` settings that change the corpus, and the size + mtime of every file the source reads, so editing or
+replacing an input file (or adding an optional one, such as a titles file) makes a fresh entry.
+
+A source opts in by declaring its input files with ``@source_inputs(fn)``; sources that do not are loaded
+without a cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from zoo.data.corpus import Corpus, FixedSplit
+from zoo.data.download import data_root, user_cache_dir
+from zoo.errors import DataError
+from zoo.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CACHE_DIR_ENV = "ZOO_CACHE_DIR"
+CORPUS_SETTINGS = ("path", "titles", "k_core", "min_seq_len")  # data: keys that change a corpus
+_ARRAYS = ("offsets", "items", "timestamps", "ratings")
+_SPLIT_ARRAYS = ("users", "history", "offsets", "targets")
+
+
+def source_inputs(files: Callable[..., list[Path]]):
+    """Declare the files a source reads (``files(cfg) -> paths``, optional ones included whether present or
+    not) so that ``load_corpus`` can cache its corpus keyed by their size and modification time."""
+
+    def mark(source):
+        source.input_files = files
+        return source
+
+    return mark
+
+
+def cache_dir(cfg) -> Path:
+    """``$ZOO_CACHE_DIR``, else ``<data root>/cache`` when the root is writable, else the user cache dir."""
+    if os.environ.get(CACHE_DIR_ENV):
+        return Path(os.environ[CACHE_DIR_ENV]).expanduser()
+    root = data_root(cfg)
+    return root / "cache" if _writable(root) else user_cache_dir() / "cache"
+
+
+def _writable(path: Path) -> bool:
+    while not path.exists():
+        if path.parent == path:
+            return False
+        path = path.parent
+    return os.access(path, os.W_OK)
+
+
+def cache_path(cfg, source_name: str, files: list[Path]) -> Path:
+    """The cache file of this corpus given the files its source reads (absent ones count as absent)."""
+    fingerprint = []
+    for path in files:
+        path = Path(path).expanduser().resolve()
+        if path.is_file():
+            stat = path.stat()
+            fingerprint.append([str(path), stat.st_size, stat.st_mtime_ns])
+        else:
+            fingerprint.append([str(path), None, None])
+    settings = {key: getattr(cfg, key, None) for key in CORPUS_SETTINGS}
+    blob = json.dumps([FORMAT_VERSION, source_name, settings, fingerprint], sort_keys=True)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:20]
+    return cache_dir(cfg) / f"{source_name}-{digest}.npz"
+
+
+def save_corpus(corpus: Corpus, path: Path) -> None:
+    """Write ``corpus`` to ``path`` atomically."""
+    arrays = {name: getattr(corpus, name) for name in _ARRAYS if getattr(corpus, name) is not None}
+    for split_name, split in corpus.fixed_splits.items():
+        for field_name in _SPLIT_ARRAYS:
+            arrays[f"split/{split_name}/{field_name}"] = getattr(split, field_name)
+    strings = {
+        "format_version": FORMAT_VERSION,
+        "name": corpus.name,
+        "item_ids": corpus.item_ids,
+        "user_ids": corpus.user_ids,
+        "item_text": corpus.item_text,
+        "user_features": corpus.user_features,
+        "fixed_splits": list(corpus.fixed_splits),
+    }
+    arrays["strings"] = np.frombuffer(json.dumps(strings, ensure_ascii=False).encode("utf-8"), dtype=np.uint8)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def load_cached_corpus(path: Path) -> Corpus:
+    """Read a corpus written by ``save_corpus``; DataError if the file is unreadable or of another format."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            strings = json.loads(data["strings"].tobytes().decode("utf-8"))
+            if strings.get("format_version") != FORMAT_VERSION:
+                raise DataError(f"{path}: cache format {strings.get('format_version')}, expected {FORMAT_VERSION}")
+            arrays = {name: data[name] if name in data.files else None for name in _ARRAYS}
+            splits = {
+                name: FixedSplit(**{f: data[f"split/{name}/{f}"] for f in _SPLIT_ARRAYS})
+                for name in strings["fixed_splits"]
+            }
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: unreadable corpus cache ({err})") from None
+    return Corpus(
+        name=strings["name"],
+        item_ids=strings["item_ids"],
+        user_ids=strings["user_ids"],
+        item_text=strings["item_text"],
+        user_features=strings["user_features"],
+        fixed_splits=splits,
+        **arrays,
+    ).validate()
+
+
+def cached(cfg, source_name: str, source, build: Callable[[], Corpus]) -> Corpus:
+    """``build()``'s corpus, read from the cache when an entry for these inputs exists, else built and saved."""
+    files = getattr(source, "input_files", None)
+    if files is None:
+        return build()
+    path = cache_path(cfg, source_name, files(cfg))
+    if path.is_file():
+        try:
+            return load_cached_corpus(path)
+        except DataError as err:
+            log.warning("ignoring the corpus cache: %s", err)
+    corpus = build()
+    path = cache_path(cfg, source_name, files(cfg))  # inputs may have been downloaded just now
+    try:
+        save_corpus(corpus, path)
+    except OSError as err:
+        log.warning("could not write the corpus cache %s (%s); continuing without it", path, err)
+    return corpus
