@@ -84,12 +84,21 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """Run one resolved config end to end; returns the final test metrics (also written to metrics.json)."""
     import lightning as L
 
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = resolve_run_dir(cfg)
+    inherited = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP workers re-run this script and must share the directory
+    try:
+        return _run_in(cfg, run_dir)
+    finally:
+        if inherited is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+
+
+def _run_in(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
     from zoo.io import write_json_atomic
     from zoo.registry import MODELS
 
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    run_dir = resolve_run_dir(cfg)
-    os.environ[RUN_DIR_ENV] = str(run_dir)
     started = time.time()
     model_cls = MODELS.get(cfg.model.name)
     if getattr(model_cls, "standalone", False):

@@ -1,0 +1,45 @@
+import pytest
+
+from zoo.errors import ConfigError
+from zoo.registry import LOSSES, MODELS, SOURCES, Registry, populate
+
+
+def test_register_get_and_names():
+    reg = Registry("widget")
+
+    @reg.register("a")
+    class A:
+        pass
+
+    reg.register("b", object)
+    assert reg.get("a") is A and A.registered_name == "a"
+    assert reg.names() == ["a", "b"] and "a" in reg and len(reg) == 2
+
+
+def test_duplicate_name_is_an_error():
+    reg = Registry("widget")
+    reg.register("a", int)
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("a", float)
+
+
+def test_unknown_name_suggests_nearest():
+    reg = Registry("widget")
+    reg.register("sasrec", int)
+    reg.register("tiger", float)
+    with pytest.raises(ConfigError, match="unknown widget 'sasrek'; nearest: sasrec"):
+        reg.get("sasrek")
+
+
+def test_import_path_lookup():
+    reg = Registry("widget")
+    assert reg.get("collections:OrderedDict").__name__ == "OrderedDict"
+    with pytest.raises(ConfigError, match="cannot import widget"):
+        reg.get("collections:Nope")
+
+
+def test_builtins_registered():
+    populate()
+    assert "pop" in MODELS and "ml100k" in SOURCES and {"ce", "lml"} <= set(LOSSES.names())
+    for name in LOSSES.names():
+        assert LOSSES.get(name).kind in ("item", "token")
