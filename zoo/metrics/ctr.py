@@ -51,6 +51,7 @@ def gauc(preds: torch.Tensor, labels: torch.Tensor, users: torch.Tensor, weight:
     if weight not in GAUC_WEIGHTS:
         raise ConfigError(f"unknown GAUC weight '{weight}' ({' | '.join(GAUC_WEIGHTS)})")
     preds, labels = _check(preds, labels)
+    users = users.reshape(-1)
     if users.shape != labels.shape or users.is_floating_point():
         raise DataError(f"users must be integer ids, one per prediction; got {users.dtype} {tuple(users.shape)}")
     values, impressions, positives = grouped_auc(preds, labels, users)
