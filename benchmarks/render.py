@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.run import CELL_KIND
+from benchmarks.run import CELL_KIND, PAPERS_PATH
 from zoo.errors import ConfigError, ZooError
 from zoo.io import atomic_path, write_text_atomic
 
@@ -51,7 +51,7 @@ class Papers:
         return next((r for r in self.rows if r.method == method and r.dataset == dataset), None)
 
 
-def load_papers(path: Path = BENCH_DIR / "papers.yaml") -> Papers:
+def load_papers(path: Path = PAPERS_PATH) -> Papers:
     """Read the published numbers; a row naming an unknown source or metric is a ConfigError."""
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         "results_dir": BENCH_DIR / "results",
         "out": BENCH_DIR / "LEADERBOARD.md",
         "plots_dir": BENCH_DIR / "plots",
-        "papers": BENCH_DIR / "papers.yaml",
+        "papers": PAPERS_PATH,
     }
     try:
         for arg in argv:

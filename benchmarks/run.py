@@ -29,6 +29,7 @@ from zoo.errors import ConfigError, ZooError
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 BUDGETS_PATH = BENCH_DIR / "budgets.yaml"
+PAPERS_PATH = BENCH_DIR / "papers.yaml"  # also names the leaderboard datasets
 CELL_KIND = "leaderboard_cell"
 WANDB_PROJECT = "zoo-leaderboard"
 LOGGERS = ("csv", "tensorboard", "wandb", "none")
@@ -52,15 +53,26 @@ def result_name(method: str, dataset: str, budget: str) -> str:
     return f"{method}__{dataset}__{budget}"
 
 
+def leaderboard_datasets(path: Path = PAPERS_PATH) -> list[str]:
+    """The grid's dataset axis, in display order: the ``datasets:`` of ``papers.yaml``."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"cannot read {path}: {str(err).splitlines()[0]}") from None
+    return list(data.get("datasets") or {})
+
+
 def recipe_cells() -> dict[tuple[str, str], str]:
-    """(method, dataset) -> recipe name, for every recipe named ``<method>_<dataset>``."""
+    """(method, dataset) -> recipe name, for every recipe named ``<method>_<dataset>`` of a leaderboard dataset."""
     from zoo.config import recipe_names
 
+    datasets = leaderboard_datasets()
     cells = {}
     for name in recipe_names():
-        method, sep, dataset = name.rpartition("_")
-        if sep and method and dataset:
-            cells[(method, dataset)] = name
+        for dataset in datasets:
+            method = name.removesuffix(f"_{dataset}")
+            if method != name and method:
+                cells[(method, dataset)] = name
     return cells
 
 
@@ -193,7 +205,7 @@ def plan(args: GridArgs) -> list[tuple[str, str, str]]:
         raise ConfigError(f"unknown budget '{args.budget}'; valid: {', '.join(budgets)}")
     cells = recipe_cells()
     valid_methods = sorted({m for m, _ in cells})
-    valid_datasets = sorted({d for _, d in cells})
+    valid_datasets = leaderboard_datasets()
     for kind, asked, valid in (("method", args.methods, valid_methods), ("dataset", args.datasets, valid_datasets)):
         if not asked:
             raise ConfigError(f"no {kind}s given ({kind}s=a,b); valid: {', '.join(valid)}")

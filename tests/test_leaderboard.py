@@ -33,7 +33,7 @@ def _grid(tmp_path: Path, **kwargs) -> lb_run.GridArgs:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> tuple[Path, str]:
     out_dir = tmp_path_factory.mktemp("leaderboard")
-    out = lb_render.render(FIXTURES, out_dir / "LEADERBOARD.md", out_dir / "plots", lb_render.BENCH_DIR / "papers.yaml")
+    out = lb_render.render(FIXTURES, out_dir / "LEADERBOARD.md", out_dir / "plots", lb_run.PAPERS_PATH)
     return out_dir, out.read_text()
 
 
@@ -116,7 +116,8 @@ def test_papers_yaml_matches_methods_md() -> None:
     ("argv", "expected"),
     [
         (["methods=sasrek", "datasets=ml100k"], r"unknown method 'sasrek'; valid: .*pop"),
-        (["methods=pop", "datasets=ml1m"], r"unknown dataset 'ml1m'; valid: .*ml100k"),
+        (["methods=pop", "datasets=ml1m"], r"unknown dataset 'ml1m'; valid: beauty, sports, toys, yelp, ml100k"),
+        (["methods=msl_books", "datasets=ml100k"], r"unknown method 'msl_books'"),
         (["methods=pop", "datasets=ml100k", "budget=huge"], r"unknown budget 'huge'; valid: smoke, cpu, gpu"),
         (["datasets=ml100k"], r"no methods given"),
         (["methods=pop", "epochs=3"], r"unknown argument 'epochs=3'"),
