@@ -1,6 +1,12 @@
 """The loss registry: every model takes its loss from ``loss:`` in the config (``loss.name``)."""
 
-from zoo.losses import ce  # noqa: F401  (registration)
+from zoo.losses import (
+    bce,  # noqa: F401  (registration)
+    bpr,  # noqa: F401  (registration)
+    ce,  # noqa: F401  (registration)
+    msl,  # noqa: F401  (registration)
+    sampled_softmax,  # noqa: F401  (registration)
+)
 from zoo.losses.base import ItemScorer, Loss, LossConfig
 from zoo.registry import LOSSES
 

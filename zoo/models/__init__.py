@@ -1,6 +1,10 @@
 """Methods: each a LightningModule on ``RecModel``, registered by name in ``zoo.registry.MODELS``."""
 
-from zoo.models import pop  # noqa: F401  (registration)
+from zoo.models import (
+    llm_rec,  # noqa: F401  (registration)
+    pop,  # noqa: F401  (registration)
+    sasrec,  # noqa: F401  (registration)
+)
 from zoo.models.base import ModelConfig, RecModel
 
 __all__ = ["ModelConfig", "RecModel"]

@@ -1,0 +1,336 @@
+"""Side by side: the zoo's SASRec against RecBole 1.2.1's own SASRec on MovieLens-100K, on this machine.
+
+Same data and split (leave-one-out by time: RecBole ``eval_args: {split: {LS: valid_and_test}, order: TO,
+mode: full}``; no filtering on either side), same network (max length 50, hidden 64, 2 layers, 2 heads, FFN 256,
+dropout 0.5/0.5, GELU), same loss (full softmax CE), batch 256, Adam lr 1e-3, full ranking without masking seen
+items, early stopping on validation NDCG@10. What differs is how each trains: RecBole makes one example per prefix
+(about 97k rows, ~380 steps an epoch), the zoo one row per user with the loss at every position (943 rows,
+4 steps an epoch). RecBole runs in its own venv (it does not import under numpy 2), as a subprocess running this
+same file with ``--recbole-worker``; its epochs are capped (``--recbole-epochs``) to fit the time budget.
+
+Writes ``benchmarks/results/peer_sasrec_ml100k.json``: per side, per seed time per epoch, wall time to the best
+validation NDCG@10, test Recall@10 / NDCG@10; mean and standard deviation over seeds; and how many test targets
+of the two splits agree (equal timestamps may be ordered differently). Runs take an hour: start it with
+``nohup python3 -m benchmarks.peers.recbole_sasrec > /tmp/peer.log 2>&1 &``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_PYTHON = ROOT / "benchmarks" / ".cache" / "recbole-venv" / "bin" / "python"
+SETTINGS = {
+    "max_len": 50,
+    "hidden_size": 64,
+    "num_layers": 2,
+    "num_heads": 2,
+    "inner_size": 256,
+    "dropout": 0.5,
+    "attn_dropout": 0.5,
+    "activation": "gelu",
+    "loss": "ce",
+    "batch_size": 256,
+    "lr": 1e-3,
+    "optimizer": "adam",
+    "weight_decay": 0.0,
+    "ranking": "full, seen items not masked",
+    "split": "leave-one-out by timestamp (RecBole LS valid_and_test, order TO)",
+    "filtering": "none (RecBole user/item interval filters off, its ml-100k default)",
+    "monitor": "val NDCG@10",
+}
+
+
+# -- RecBole side (runs inside the RecBole venv) -----------------------------------------------------------------
+def recbole_worker(seed: int, max_epochs: int, patience: int, out_path: Path, targets_path: Path | None) -> None:
+    """Train and test RecBole's SASRec once; write per-epoch timings and metrics to ``out_path``."""
+    import functools
+
+    import torch
+
+    # RecBole reloads its own best checkpoint with torch.load; torch >= 2.6 refuses its pickled config unless
+    # weights_only=False. Safe here: the file is the one this run just wrote.
+    torch.load = functools.partial(torch.load, weights_only=False)
+    from recbole.config import Config
+    from recbole.data import create_dataset, data_preparation
+    from recbole.model.sequential_recommender import SASRec
+    from recbole.trainer import Trainer
+    from recbole.utils import init_seed
+
+    workdir = Path(tempfile.mkdtemp(prefix="recbole-sasrec-"))
+    config = Config(
+        model="SASRec",
+        dataset="ml-100k",
+        config_dict={
+            "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
+            "MAX_ITEM_LIST_LENGTH": SETTINGS["max_len"],
+            "hidden_size": SETTINGS["hidden_size"],
+            "n_layers": SETTINGS["num_layers"],
+            "n_heads": SETTINGS["num_heads"],
+            "inner_size": SETTINGS["inner_size"],
+            "hidden_dropout_prob": SETTINGS["dropout"],
+            "attn_dropout_prob": SETTINGS["attn_dropout"],
+            "hidden_act": SETTINGS["activation"],
+            "loss_type": "CE",
+            "train_neg_sample_args": None,
+            "train_batch_size": SETTINGS["batch_size"],
+            "learning_rate": SETTINGS["lr"],
+            "learner": "adam",
+            "weight_decay": SETTINGS["weight_decay"],
+            "epochs": max_epochs,
+            "stopping_step": patience,
+            "eval_step": 1,
+            "metrics": ["Recall", "NDCG"],
+            "topk": [5, 10, 20],
+            "valid_metric": "NDCG@10",
+            "user_inter_num_interval": None,
+            "item_inter_num_interval": None,
+            "seed": seed,
+            "reproducibility": True,
+            "use_gpu": False,
+            "show_progress": False,
+            "checkpoint_dir": str(workdir),
+            "state": "WARNING",
+        },
+    )
+    init_seed(config["seed"], config["reproducibility"])
+    started = time.time()
+    dataset = create_dataset(config)
+    train_data, valid_data, test_data = data_preparation(config, dataset)
+    if targets_path is not None:
+        inter = test_data.dataset.inter_feat
+        users = dataset.id2token("user_id", inter["user_id"].numpy())
+        items = dataset.id2token("item_id", inter["item_id"].numpy())
+        targets_path.write_text(json.dumps({str(u): str(i) for u, i in zip(users, items)}))
+    setup_s = time.time() - started
+    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    model = SASRec(config, train_data.dataset).to(config["device"])
+    epochs: list[dict] = []
+
+    class TimedTrainer(Trainer):
+        def _train_epoch(self, *args, **kwargs):
+            tick = time.time()
+            loss = super()._train_epoch(*args, **kwargs)
+            epochs.append({"train_s": time.time() - tick})
+            return loss
+
+        def _valid_epoch(self, *args, **kwargs):
+            tick = time.time()
+            score, result = super()._valid_epoch(*args, **kwargs)
+            epochs[-1].update(val_s=time.time() - tick, val_ndcg10=float(score), end_s=time.time() - fit_start)
+            return score, result
+
+    trainer = TimedTrainer(config, model)
+    fit_start = time.time()
+    trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+    fit_s = time.time() - fit_start
+    test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+    out_path.write_text(
+        json.dumps(
+            {
+                "seed": seed,
+                "setup_s": setup_s,
+                "fit_s": fit_s,
+                "epochs": epochs,
+                "train_rows": len(train_data.dataset),
+                "test": {k: float(v) for k, v in test.items()},
+            }
+        )
+    )
+
+
+def run_recbole(seed: int, max_epochs: int, patience: int, targets_path: Path | None) -> dict:
+    if not VENV_PYTHON.is_file():
+        sys.exit(f"RecBole venv missing: run `bash benchmarks/peers/setup_recbole_env.sh` (expected {VENV_PYTHON})")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "recbole.json"
+        cmd = [str(VENV_PYTHON), str(Path(__file__).resolve()), "--recbole-worker", "--seed", str(seed)]
+        cmd += ["--recbole-epochs", str(max_epochs), "--patience", str(patience), "--out", str(out)]
+        if targets_path is not None:
+            cmd += ["--targets", str(targets_path)]
+        subprocess.run(cmd, check=True, cwd=tmp)
+        raw = json.loads(out.read_text())
+    return summarise_run(raw["epochs"], raw["test"]["recall@10"], raw["test"]["ndcg@10"], raw)
+
+
+# -- zoo side ------------------------------------------------------------------------------------------------------
+def run_zoo(seed: int, max_epochs: int, patience: int) -> dict:
+    """Train and test the zoo's SASRec (recipe ``sasrec_ml100k``) with per-epoch timings."""
+    import lightning as L
+    from lightning.pytorch.callbacks import Callback
+
+    from zoo.config import compose
+    from zoo.data import SequentialDataModule
+    from zoo.models.sasrec import SASRec
+    from zoo.trainer import build_trainer
+
+    epochs: list[dict] = []
+
+    class EpochClock(Callback):
+        def on_train_epoch_start(self, trainer, module):
+            self.tick = time.time()
+
+        def on_train_epoch_end(self, trainer, module):
+            # Lightning validates inside the training epoch: train_s excludes the validation pass.
+            epochs[-1]["end_s"] = time.time() - fit_start
+            epochs[-1]["train_s"] = epochs[-1]["end_s"] - (self.tick - fit_start) - epochs[-1]["val_s"]
+
+        def on_validation_epoch_start(self, trainer, module):
+            self.val_tick = time.time()
+
+        def on_validation_epoch_end(self, trainer, module):
+            if trainer.sanity_checking:
+                return
+            ndcg = float(trainer.callback_metrics["val/ndcg@10"])
+            epochs.append({"val_s": time.time() - self.val_tick, "val_ndcg10": ndcg})
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg = compose(
+            "sasrec_ml100k",
+            [
+                f"seed={seed}",
+                f"trainer.max_epochs={max_epochs}",
+                f"trainer.early_stopping_patience={patience}",
+                "trainer.enable_progress_bar=false",
+                "logger.name=none",
+                f"run_dir={run_dir}",
+            ],
+        )
+        L.seed_everything(seed, workers=True, verbose=False)
+        started = time.time()
+        datamodule = SequentialDataModule(cfg.data, seed=seed)
+        model = SASRec(cfg, datamodule)
+        datamodule.connect(model.data_spec())
+        model.prepare(datamodule)
+        setup_s = time.time() - started
+        trainer = build_trainer(cfg, model, Path(run_dir))
+        trainer.callbacks.append(EpochClock())
+        fit_start = time.time()
+        trainer.fit(model, datamodule=datamodule)
+        fit_s = time.time() - fit_start
+        trainer.test(model, datamodule=datamodule, ckpt_path=trainer.checkpoint_callback.best_model_path, verbose=False)
+        train_rows = len(datamodule.examples("train"))
+    raw = {"seed": seed, "setup_s": setup_s, "fit_s": fit_s, "train_rows": train_rows}
+    return summarise_run(epochs, model.test_results["test/recall@10"], model.test_results["test/ndcg@10"], raw)
+
+
+def zoo_test_targets() -> dict[str, str]:
+    """Raw user id -> raw item id of the zoo's test targets on ml100k."""
+    from omegaconf import OmegaConf
+
+    from zoo.config import DataConfig
+    from zoo.data import SequentialDataModule
+
+    datamodule = SequentialDataModule(OmegaConf.structured(DataConfig(name="ml100k")))
+    test = datamodule.examples("test")
+    corpus = datamodule.corpus
+    return {corpus.user_ids[u]: corpus.item_ids[i] for u, i in zip(test.user.tolist(), test.target.tolist())}
+
+
+# -- summary -------------------------------------------------------------------------------------------------------
+def summarise_run(epochs: list[dict], recall10: float, ndcg10: float, raw: dict) -> dict:
+    best = max(range(len(epochs)), key=lambda e: epochs[e]["val_ndcg10"])
+    return {
+        "seed": raw["seed"],
+        "epochs_run": len(epochs),
+        "best_epoch": best + 1,
+        "best_val_ndcg@10": epochs[best]["val_ndcg10"],
+        "time_to_best_val_s": round(epochs[best]["end_s"], 2),
+        "train_s_per_epoch": round(statistics.mean(e["train_s"] for e in epochs), 3),
+        "epoch_s_with_validation": round(statistics.mean(e["train_s"] + e["val_s"] for e in epochs), 3),
+        "fit_s": round(raw["fit_s"], 2),
+        "setup_s": round(raw["setup_s"], 2),
+        "train_rows_per_epoch": raw["train_rows"],
+        "test_recall@10": recall10,
+        "test_ndcg@10": ndcg10,
+        "val_ndcg@10_per_epoch": [round(e["val_ndcg10"], 5) for e in epochs],
+    }
+
+
+def aggregate(runs: list[dict]) -> dict:
+    out = {}
+    for key in ("test_recall@10", "test_ndcg@10", "time_to_best_val_s", "train_s_per_epoch", "best_epoch"):
+        values = [r[key] for r in runs]
+        out[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recbole-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--targets", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--recbole-epochs", type=int, default=5, help="cap on RecBole's epochs (time budget)")
+    parser.add_argument("--zoo-epochs", type=int, default=300)
+    parser.add_argument("--patience", type=int, default=10, help="early stopping, in validations, both sides")
+    parser.add_argument("--zoo-patience", type=int, default=20, help="the zoo's epochs are 4 steps: more patience")
+    parser.add_argument("--name", default="peer_sasrec_ml100k")
+    args = parser.parse_args()
+    if args.recbole_worker:
+        recbole_worker(args.seed, args.recbole_epochs, args.patience, args.out, args.targets)
+        return
+
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.common import write_result
+
+    started = time.time()
+    load_before = os.getloadavg()[0]
+    zoo_runs, recbole_runs = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        targets_file = Path(tmp) / "recbole_targets.json"
+        for i, seed in enumerate(args.seeds):  # interleaved, so both sides see similar machine load
+            recbole_runs.append(run_recbole(seed, args.recbole_epochs, args.patience, targets_file if i == 0 else None))
+            print("recbole", json.dumps(recbole_runs[-1]), flush=True)
+            zoo_runs.append(run_zoo(seed, args.zoo_epochs, args.zoo_patience))
+            print("zoo", json.dumps(zoo_runs[-1]), flush=True)
+            if i == 0:
+                theirs, ours = json.loads(targets_file.read_text()), zoo_test_targets()
+                agree = sum(theirs.get(u) == item for u, item in ours.items())
+    zoo_summary, recbole_summary = aggregate(zoo_runs), aggregate(recbole_runs)
+    payload = {
+        "dataset": "ml100k",
+        "settings": SETTINGS,
+        "seeds": args.seeds,
+        "zoo": {
+            "recipe": "sasrec_ml100k",
+            "train_mode": "sequence (one row per user, loss at every position)",
+            "max_epochs": args.zoo_epochs,
+            "early_stopping_patience": args.zoo_patience,
+            "summary": zoo_summary,
+            "runs": zoo_runs,
+        },
+        "recbole": {
+            "version": "1.2.1",
+            "train_mode": "one example per prefix (RecBole's data augmentation)",
+            "max_epochs_cap": args.recbole_epochs,
+            "epochs_capped": True,
+            "early_stopping_patience": args.patience,
+            "summary": recbole_summary,
+            "runs": recbole_runs,
+        },
+        "split_check": {"users": len(ours), "same_test_target": agree},
+        "ratio": {
+            "test_ndcg@10_zoo_over_recbole": zoo_summary["test_ndcg@10"]["mean"]
+            / recbole_summary["test_ndcg@10"]["mean"],
+            "time_to_best_zoo_over_recbole": zoo_summary["time_to_best_val_s"]["mean"]
+            / recbole_summary["time_to_best_val_s"]["mean"],
+        },
+        "load_avg_1m_at_start": round(load_before, 2),
+        "note": "2-core machine shared with other jobs: the load average is recorded; timings are noisy.",
+    }
+    path = write_result(args.name, payload, started)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
