@@ -60,7 +60,7 @@ def _writable(path: Path) -> bool:
         if path.parent == path:
             return False
         path = path.parent
-    return os.access(path, os.W_OK)
+    return path.is_dir() and os.access(path, os.W_OK)
 
 
 def cache_path(cfg, source_name: str, files: list[Path]) -> Path:
