@@ -48,7 +48,7 @@ def full_corpus() -> Corpus:
         timestamps=np.array([1.0, 2.0, 3.0, 4.0, 5.0]),
         ratings=np.array([5, 4, 3, 2, 1], dtype=np.float32),
         item_text={"title": ["", 'Café "α"', "line\nbreak", ""]},
-        user_features={"age": ["20", ""]},
+        user_features={"age": ["20", ""], "note": ["nul\0inside", ""]},  # a NUL: the JSON fallback
     )
     corpus.fixed_splits["test"] = FixedSplit(
         users=np.array([0, -1]), history=np.array([1, 2, 3]), offsets=np.array([0, 2, 3]), targets=np.array([3, 1])

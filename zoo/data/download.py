@@ -52,7 +52,7 @@ class RemoteFile:
     url: str
     checksum: str | None = None
 
-    def hasher(self):
+    def hasher(self) -> hashlib._Hash | None:
         if not self.checksum:
             return None
         algorithm, _, digest = self.checksum.partition(":")

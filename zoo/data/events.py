@@ -4,9 +4,14 @@ chronological per-user sequences."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import numpy as np
 
 from zoo.data.corpus import Corpus
+
+Source = TypeVar("Source", bound=Callable[..., Corpus])
 
 
 def first_appearance_codes(values) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +82,7 @@ def chronological_corpus(
     ).validate()
 
 
-def handles_k_core(source):
+def handles_k_core(source: Source) -> Source:
     """Mark a source that applies ``data.k_core`` to its raw interactions itself (``load_corpus`` refuses
     ``k_core`` for any other source rather than silently ignoring it)."""
     source.handles_k_core = True

@@ -27,6 +27,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -206,7 +207,7 @@ def read_meta(path: Path, asins: set[str]) -> dict[str, dict]:
     return meta
 
 
-def _open_text(path: Path):
+def _open_text(path: Path) -> TextIO:
     path = Path(path)
     if path.suffix == ".gz":
         return gzip.open(path, "rt", encoding="utf-8")
