@@ -152,8 +152,11 @@ def test_bad_inputs_raise_data_error():
 
 @pytest.mark.parametrize("levels", [None, 3, 12])
 @pytest.mark.parametrize("mask", [False, True])
-def test_equals_reference_with_and_without_ties(levels, mask):
+@pytest.mark.parametrize("block_columns", [None, 1, 7])
+def test_equals_reference_with_and_without_ties(levels, mask, block_columns, monkeypatch):
     scores, targets, seen = random_case(seed=levels or 0, levels=levels)
+    if block_columns:  # count in several column blocks (the last one partial)
+        monkeypatch.setattr("zoo.metrics.ranking.COUNT_BLOCK_ELEMENTS", block_columns * len(scores))
     scores[5, targets[5]] = float("nan")
     scores[6, 1:4] = float("nan")
     scores[7, targets[7]] = float("-inf")

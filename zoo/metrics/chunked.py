@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 
 from zoo.errors import DataError
-from zoo.metrics.ranking import check_item_ids
+from zoo.metrics.ranking import check_item_ids, distinct_seen
 
 
 def chunked_target_ranks(
@@ -70,14 +70,6 @@ def chunked_target_ranks(
     ranks = (top >= target_score.view(-1, 1)).sum(dim=1)
     lost = target_score == float("-inf")
     if lost.any():
-        others = num_items - 1 - _distinct_masked(seen, targets) if seen is not None else num_items - 1
+        others = num_items - 1 - distinct_seen(seen, targets).sum(dim=1) if seen is not None else num_items - 1
         ranks = torch.where(lost, torch.as_tensor(others, device=device).clamp(max=keep), ranks)
     return ranks
-
-
-def _distinct_masked(seen: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Number of distinct masked items per row (seen ids other than padding and the target)."""
-    ordered = seen.sort(dim=1).values
-    first = torch.ones_like(ordered, dtype=torch.bool)
-    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    return (first & (ordered != 0) & (ordered != targets.view(-1, 1))).sum(dim=1)

@@ -36,32 +36,47 @@ from zoo.registry import METRICS
 
 MISS = 1 << 30  # rank of a target that is not ranked at all (absent from a ranked list)
 METRIC_NAMES = ("recall", "hr", "ndcg", "mrr", "precision")
+COUNT_BLOCK_ELEMENTS = 1 << 22  # scores compared per step in target_ranks (bounds its temporary memory)
 
 
 def target_ranks(scores: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
     """0-based pessimistic rank of each target in ``scores`` ([B, N+1], column 0 = padding), exact (uncapped).
 
-    ``seen`` ([B, L] item ids, 0 = padding) masks already-seen items (never the target itself).
+    ``seen`` ([B, L] item ids, 0 = padding) masks already-seen items (never the target itself). Items are counted
+    in column blocks, so the only extra memory is O(B x block) whatever N (a [B, N] boolean matrix, and the int64
+    copy ``sum`` would make of it, are never built).
     """
     if scores.dim() != 2 or scores.shape[1] < 2:
         raise DataError(f"scores must be [users, num_items + 1] with column 0 = padding, got {tuple(scores.shape)}")
-    check_item_ids(targets, scores.shape[1] - 1, "targets", rows=scores.shape[0])
+    num_items = scores.shape[1] - 1
+    check_item_ids(targets, num_items, "targets", rows=scores.shape[0])
     targets = targets.view(-1, 1).long()
     target_score = scores.gather(1, targets)
     if scores.is_floating_point():
         target_score = target_score.nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))
-    ahead = scores >= target_score
-    if scores.is_floating_point():
-        ahead |= target_score == float("-inf")  # every item (NaN = -inf included) ties with a -inf target
-    ahead[:, 0] = False
-    ahead.scatter_(1, targets, False)
+    block = max(1, COUNT_BLOCK_ELEMENTS // max(len(scores), 1))
+    at_least = torch.zeros(len(scores), dtype=torch.long, device=scores.device)
+    for start in range(1, num_items + 1, block):
+        at_least += (scores[:, start : start + block] >= target_score).sum(dim=1, dtype=torch.int32)
+    ranks = at_least - 1  # the target itself scores >= its own score
+    masked = torch.zeros_like(ranks)
     if seen is not None:
-        check_item_ids(seen, scores.shape[1] - 1, "seen", rows=scores.shape[0], allow_padding=True)
-        seen_mask = torch.zeros_like(ahead)
-        seen_mask.scatter_(1, seen.long(), True)
-        seen_mask.scatter_(1, targets, False)
-        ahead &= ~seen_mask
-    return ahead.sum(dim=1)
+        check_item_ids(seen, num_items, "seen", rows=scores.shape[0], allow_padding=True)
+        distinct = distinct_seen(seen.long(), targets.view(-1))
+        masked = distinct.sum(dim=1)
+        ranks -= (distinct & (scores.gather(1, seen.long().sort(dim=1).values) >= target_score)).sum(dim=1)
+    if scores.is_floating_point():
+        # a -inf (or NaN) target ties with every other unmasked item, NaN ones included
+        ranks = torch.where(target_score.view(-1) == float("-inf"), num_items - 1 - masked, ranks)
+    return ranks
+
+
+def distinct_seen(seen: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mask over ``seen.sort(dim=1).values`` marking each distinct masked item once (not padding, not the target)."""
+    ordered = seen.sort(dim=1).values
+    first = torch.ones_like(ordered, dtype=torch.bool)
+    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    return first & (ordered != 0) & (ordered != targets.view(-1, 1))
 
 
 def sampled_ranks(candidate_scores: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
