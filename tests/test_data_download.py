@@ -81,7 +81,7 @@ def test_fetch_downloads_verifies_and_renames(server, tmp_path):
     dest = tmp_path / "sub" / "f.bin"
     assert fetch(RemoteFile(server.url + "/f.bin", sha256(PAYLOAD)), dest, progress=False) == dest
     assert dest.read_bytes() == PAYLOAD
-    assert not dest.with_name("f.bin.part").exists()
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["f.bin"]  # no .part or .lock left
 
 
 def test_fetch_resumes_an_interrupted_transfer_with_a_range_request(server, tmp_path):
@@ -98,6 +98,19 @@ def test_fetch_resumes_an_interrupted_transfer_with_a_range_request(server, tmp_
     assert dest.read_bytes() == PAYLOAD
     assert server.requests[-1] == ("/f.bin", f"bytes={have}-")
     assert not part.exists()
+
+
+def test_concurrent_fetches_download_once(server, tmp_path):
+    server.files["/f.bin"] = PAYLOAD
+    dest = tmp_path / "f.bin"
+    remote = RemoteFile(server.url + "/f.bin", sha256(PAYLOAD))
+    threads = [threading.Thread(target=fetch, args=(remote, dest), kwargs={"progress": False}) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert dest.read_bytes() == PAYLOAD
+    assert len(server.requests) == 1  # the others waited on the lock and found the file
 
 
 def test_checksum_mismatch_removes_the_partial_file(server, tmp_path):

@@ -80,12 +80,14 @@ def fetch(remote: RemoteFile, dest: Path, timeout: float = 60.0, progress: bool 
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    with _exclusive(dest.with_name(dest.name + ".lock")):
+    lock = dest.with_name(dest.name + ".lock")
+    with _exclusive(lock):
         if dest.is_file():  # another process finished it while we waited for the lock
             return dest
         _stream(remote, part, dest, timeout, progress)
         _verify(remote, part, dest)
         os.replace(part, dest)
+        lock.unlink(missing_ok=True)  # processes still waiting on it find ``dest`` and return
     return dest
 
 
