@@ -9,7 +9,7 @@ import torch
 
 from zoo.config import DataConfig
 from zoo.data.candidates import save_candidates
-from zoo.data.corpus import Corpus
+from zoo.data.corpus import Corpus, FixedSplit
 from zoo.data.datamodule import DataSpec, SequentialDataModule, sample_candidates
 from zoo.errors import ConfigError, DataError
 
@@ -111,3 +111,18 @@ def test_retriever_candidates_errors(tmp_path):
         SequentialDataModule(DataConfig(candidates_path=str(tmp_path / "none.npz")), corpus=corpus).examples("test")
     with pytest.raises(ConfigError, match="choose one"):
         SequentialDataModule(DataConfig(candidates_path=str(path), eval_candidates=5), corpus=corpus).examples("val")
+
+
+def test_sampled_candidates_on_a_fixed_split_exclude_history_and_target():
+    corpus = Corpus.from_sequences("fixed", [[1, 2, 3]], num_items=9)
+    corpus.fixed_splits["test"] = FixedSplit(
+        users=np.array([-1, -1]),
+        history=np.array([1, 2, 4, 5, 6]),
+        offsets=np.array([0, 2, 5]),
+        targets=np.array([3, 7]),
+    )
+    dm = SequentialDataModule(DataConfig(eval_candidates=6), corpus=corpus)
+    cands = dm.examples("test").candidates
+    assert cands[:, 0].tolist() == [3, 7]
+    assert len(set(cands[0, 1:])) == 5 and set(cands[0, 1:]) <= {4, 5, 6, 7, 8, 9}  # not history {1, 2}, target 3
+    assert sorted(cands[1, 1:]) == [1, 2, 3, 8, 9]  # ... and history {4, 5, 6}, target 7

@@ -134,6 +134,7 @@ def fetch_sequence_files(dataset: S3RecDataset, cfg) -> dict[str, Path]:
 
 
 def load_s3rec_amazon(dataset: S3RecDataset, cfg) -> Corpus:
+    """The sequence-file route: the S3-Rec file plus whichever optional text / id files are present."""
     files = fetch_sequence_files(dataset, cfg)
     corpus = load_sequence_corpus(dataset.name, files["sequences"], files["titles"] if _has(files, "titles") else None)
     if _has(files, "attributes"):
