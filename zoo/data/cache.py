@@ -2,11 +2,12 @@
 
 One uncompressed ``.npz`` per corpus: the integer / float arrays as they are, each string list (raw ids, an item
 text field, a user feature) as NUL-separated UTF-8 bytes, and a small JSON header. Loading needs no pickle
-(``allow_pickle=False``), so a cache file cannot run code, and it is about as fast as unpickling (measured in
-``benchmarks/data_load.py``; a JSON blob for all strings was 2-3x slower to read). Files are written atomically;
-the name is a hash of ``FORMAT_VERSION``, the source name, the ``data:`` settings that change the corpus, and
-the size + mtime of every file the source reads, so editing or replacing an input file (or adding an optional
-one, such as a titles file) makes a fresh entry.
+(``allow_pickle=False``), so a cache file cannot run code; reads take 1.1-2x the time of unpickling the Corpus
+and 2-3x less than one JSON blob for all strings (``benchmarks/data_load.py``), tens of milliseconds.
+
+Files are written atomically; the name is a hash of ``FORMAT_VERSION``, the source name, the ``data:`` settings
+that change the corpus, and the size + mtime of every file the source reads, so editing or replacing an input
+file (or adding an optional one, such as a titles file) makes a fresh entry.
 
 A source opts in by declaring its input files with ``@source_inputs(fn)``; sources that do not are loaded
 without a cache.
