@@ -3,7 +3,9 @@
 from zoo.models import (
     llm_rec,  # noqa: F401  (registration)
     pop,  # noqa: F401  (registration)
+    rqvae,  # noqa: F401  (registration)
     sasrec,  # noqa: F401  (registration)
+    tiger,  # noqa: F401  (registration)
 )
 from zoo.models.base import ModelConfig, RecModel
 

@@ -1,0 +1,136 @@
+"""Constrained beam search: only real items come out, and it finds the exact top-K where enumeration can check it."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from zoo.modules.beam_search import beam_search, segment_topk
+from zoo.modules.trie import ItemTrie
+
+
+class PrefixScorer:
+    """A hand-built scorer whose next-token logits depend on the whole prefix (a fixed random table indexed by a
+    hash of the prefix), following the step protocol: it reorders its prefixes with ``parents`` like a model
+    reorders its KV cache. ``sequence_logprob`` scores any full sequence the same way, for enumeration."""
+
+    def __init__(self, batch: int, vocab: int, seed: int = 0, table_size: int = 4099) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        self.table = torch.randn(batch, table_size, vocab, generator=gen) * 3
+        self.batch, self.vocab, self.size = batch, vocab, table_size
+        self.prefix_hash: torch.Tensor | None = None
+
+    def _hash(self, previous: torch.Tensor, token: torch.Tensor) -> torch.Tensor:
+        return (previous * 31 + token + 7) % self.size
+
+    def __call__(self, parents, tokens):
+        rows = torch.arange(self.batch)[:, None]
+        if parents is None:
+            self.prefix_hash = torch.zeros(self.batch, 1, dtype=torch.long)
+        else:
+            self.prefix_hash = self._hash(self.prefix_hash[rows, parents], tokens)
+        return self.table[rows, self.prefix_hash]
+
+    def sequence_logprob(self, b: int, seq: list[int]) -> float:
+        h, total = torch.tensor(0), 0.0
+        for tok in seq:
+            total += torch.log_softmax(self.table[b, h], -1)[tok].item()
+            h = self._hash(h, torch.tensor(tok))
+        return total
+
+
+def random_trie(num_items: int, depth: int, vocab: int, seed: int) -> tuple[ItemTrie, list[list[int]]]:
+    gen = torch.Generator().manual_seed(seed)
+    seqs: set[tuple[int, ...]] = set()
+    while len(seqs) < num_items:
+        seqs.add(tuple(torch.randint(vocab, (depth,), generator=gen).tolist()))
+    ordered = sorted(seqs)
+    return ItemTrie([list(s) for s in ordered], vocab_size=vocab), [list(s) for s in ordered]
+
+
+def exhaustive_ranking(scorer: PrefixScorer, b: int, seqs: list[list[int]]) -> list[tuple[float, int]]:
+    scored = [(scorer.sequence_logprob(b, s), item) for item, s in enumerate(seqs, start=1)]
+    return sorted(scored, key=lambda x: -x[0])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_wide_beam_equals_exhaustive_enumeration(seed):
+    """With at least as many beams as items nothing is pruned: the beam list is the exact ranking of all items."""
+    trie, seqs = random_trie(num_items=30, depth=3, vocab=5, seed=seed)
+    scorer = PrefixScorer(batch=4, vocab=5, seed=seed)
+    result = beam_search(scorer, trie, batch_size=4, num_beams=40)
+    for b in range(4):
+        expected = exhaustive_ranking(scorer, b, seqs)
+        assert result.items[b, :30].tolist() == [item for _, item in expected]
+        assert torch.allclose(result.scores[b, :30], torch.tensor([s for s, _ in expected]), atol=1e-5)
+        assert result.items[b, 30:].eq(0).all() and torch.isinf(result.scores[b, 30:]).all()
+        for k in range(30):  # the decoded tokens are the item's Semantic ID
+            assert result.tokens[b, k].tolist() == seqs[result.items[b, k] - 1]
+
+
+def test_exact_top_k_when_scores_do_not_depend_on_the_prefix():
+    """Per-step scores independent of the prefix over a complete trie: beam K returns the exact top-K."""
+    vocab, depth, k = 4, 3, 7
+    seqs = [list(s) for s in itertools.product(range(vocab), repeat=depth)]
+    trie = ItemTrie(seqs, vocab_size=vocab)
+    step_logits = torch.randn(2, depth, vocab, generator=torch.Generator().manual_seed(3))
+    calls = []
+
+    def scorer(parents, tokens):
+        t = len(calls)
+        calls.append(t)
+        width = 1 if parents is None else parents.shape[1]
+        return step_logits[:, t][:, None, :].expand(2, width, vocab)
+
+    result = beam_search(scorer, trie, batch_size=2, num_beams=k)
+    logp = torch.log_softmax(step_logits, -1)
+    for b in range(2):
+        totals = torch.tensor([sum(logp[b, t, s[t]].item() for t in range(depth)) for s in seqs])
+        best = torch.argsort(totals, descending=True, stable=True)[:k] + 1
+        assert result.items[b].tolist() == best.tolist()
+
+
+@pytest.mark.parametrize("batch, beams", [(1, 1), (3, 5), (8, 20)])
+def test_constrained_results_are_real_distinct_items(batch, beams):
+    trie, seqs = random_trie(num_items=60, depth=4, vocab=9, seed=batch)
+    scorer = PrefixScorer(batch=batch, vocab=9, seed=beams)
+    result = beam_search(scorer, trie, batch_size=batch, num_beams=beams)
+    assert result.items.shape == (batch, beams)
+    assert ((result.items >= 1) & (result.items <= 60)).all()
+    for row in result.items.tolist():
+        assert len(set(row)) == len(row)
+    assert (result.scores[:, :-1] >= result.scores[:, 1:]).all()
+
+
+def test_sequences_of_different_lengths_finish_and_carry_over():
+    """Titles end with EOS (= 0 here) at different lengths; finished beams keep their score while others grow."""
+    seqs = [[1, 0], [2, 3, 0], [2, 4, 4, 0], [3, 1, 0], [2, 4, 1, 0]]
+    trie = ItemTrie(seqs, vocab_size=5)
+    scorer = PrefixScorer(batch=2, vocab=5, seed=5)
+    result = beam_search(scorer, trie, batch_size=2, num_beams=5, pad_token=0)
+    for b in range(2):
+        expected = exhaustive_ranking(scorer, b, seqs)
+        assert result.items[b].tolist() == [item for _, item in expected]
+
+
+def test_unconstrained_search_can_return_invalid_ids():
+    """Without the trie the best sequence may be no item: it decodes to 0 (the invalid-ID rate's numerator)."""
+    trie = ItemTrie([[0, 0], [1, 1]], vocab_size=3)
+    favourite = torch.tensor([-5.0, -5.0, 5.0])  # token 2 starts no item
+
+    def scorer(parents, tokens):
+        return favourite.expand(1, 1 if parents is None else parents.shape[1], 3)
+
+    free = beam_search(scorer, trie, batch_size=1, num_beams=2, constrained=False)
+    assert free.items[0, 0] == 0 and free.tokens[0, 0].tolist() == [2, 2]
+    constrained = beam_search(scorer, trie, batch_size=1, num_beams=2)
+    assert sorted(constrained.items[0].tolist()) == [1, 2]
+
+
+def test_segment_topk_groups_and_pads():
+    groups = torch.tensor([1, 0, 1, 1, 0])
+    scores = torch.tensor([0.5, 0.1, 0.9, 0.5, 0.2])
+    out = segment_topk(groups, scores, num_groups=3, k=2)
+    assert out.tolist() == [[4, 1], [2, 0], [-1, -1]]

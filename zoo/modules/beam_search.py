@@ -1,0 +1,139 @@
+"""Batched beam search over any next-token scorer, constrained by an :class:`ItemTrie` so that every finished beam
+is a real item (TIGER's Semantic IDs, an LLM's tokenised titles), or unconstrained for comparison.
+
+The scorer is one callable, ``step(parents, tokens) -> logits``:
+
+* first call: ``step(None, None)`` -> logits [B, 1, V] for the first token of each of the B sequences;
+* later calls: ``parents`` [B, W] says which beam of the previous call (index 0..W'-1 of the same batch element)
+  each new beam continues, ``tokens`` [B, W] is the token just appended to it -> logits [B, W, V].
+
+The scorer keeps its own state (encoder output, KV cache) and reorders it with ``parents``, so models reuse their
+encoder output and cache across steps. Beams are dense [B, W]; slots with no candidate left (a trie with fewer
+than W items below the root) carry score -inf and decode to item 0.
+
+Scores are sums of log-softmax over the full vocabulary (not renormalised over the allowed tokens), i.e. the
+model's joint probability of each complete item sequence. Sequences of different lengths are fine as long as
+no item's sequence is a prefix of another's (end titles with EOS): a beam that reaches a leaf is finished and
+carried forward with its score unchanged while the others grow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from zoo.modules.trie import ItemTrie
+
+StepFn = Callable[[torch.Tensor | None, torch.Tensor | None], torch.Tensor]
+
+
+@dataclass
+class BeamSearchResult:
+    items: torch.Tensor  # [B, K] item ids, best first; 0 = no item (empty slot, or an invalid unconstrained decode)
+    scores: torch.Tensor  # [B, K] log-probability of each beam (-inf for empty slots)
+    tokens: torch.Tensor  # [B, K, T] decoded tokens (pad_token after a beam finished)
+
+
+def segment_topk(groups: torch.Tensor, scores: torch.Tensor, num_groups: int, k: int) -> torch.Tensor:
+    """For candidates tagged with a group id, the indices of the ``k`` best of each group ([G, k], -1 where a
+    group has fewer candidates). Ties keep candidate order. Works without padding candidates to a dense grid."""
+    out = torch.full((num_groups, k), -1, dtype=torch.long, device=scores.device)
+    if len(scores) == 0:
+        return out
+    order = torch.argsort(scores, descending=True, stable=True)
+    order = order[torch.argsort(groups[order], stable=True)]
+    sorted_groups = groups[order]
+    counts = torch.bincount(sorted_groups, minlength=num_groups)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(len(order), device=scores.device) - starts[sorted_groups]
+    keep = rank < k
+    out[sorted_groups[keep], rank[keep]] = order[keep]
+    return out
+
+
+def beam_search(
+    step: StepFn,
+    trie: ItemTrie,
+    batch_size: int,
+    num_beams: int,
+    *,
+    constrained: bool = True,
+    max_steps: int | None = None,
+    pad_token: int = 0,
+) -> BeamSearchResult:
+    """Decode ``num_beams`` item sequences per batch element, best first.
+
+    Constrained (default): only trie edges are expanded, so every finished beam is an item of ``trie``.
+    Unconstrained: plain beam search over the whole vocabulary for ``max_steps`` (default: the trie depth)
+    tokens; sequences that are not an item decode to item 0 (their share is the invalid-ID rate).
+    """
+    device = trie.edge_key.device
+    max_steps = max_steps or trie.max_depth
+    batch_index = torch.arange(batch_size, device=device)
+    nodes = torch.zeros(batch_size, 1, dtype=torch.long, device=device)  # trie node of each beam (-1 = none)
+    scores = torch.zeros(batch_size, 1, device=device)
+    tokens = torch.zeros(batch_size, 1, 0, dtype=torch.long, device=device)
+    parents: torch.Tensor | None = None
+    last: torch.Tensor | None = None
+    for _ in range(max_steps):
+        finished = (nodes >= 0) & (trie.num_children(nodes) == 0)
+        if constrained and bool((finished | (nodes < 0)).all()):
+            break
+        logp = torch.log_softmax(step(parents, last).float(), dim=-1)  # [B, W, V]
+        width = nodes.shape[1]
+        if constrained:
+            parents, last, nodes, scores = _constrained_step(trie, logp, nodes, scores, finished, num_beams, pad_token)
+        else:
+            vocab = logp.shape[-1]
+            flat = (scores[..., None] + logp).reshape(batch_size, width * vocab)
+            scores, index = flat.topk(min(num_beams, width * vocab), dim=-1)
+            parents, last = index // vocab, index % vocab
+            nodes = trie.step(nodes.gather(1, parents), last)
+        tokens = torch.cat([tokens[batch_index[:, None], parents], last[..., None]], dim=-1)
+    items = trie.item(nodes)
+    items = torch.where(torch.isfinite(scores), items, torch.zeros_like(items))
+    order = torch.argsort(scores, dim=1, descending=True, stable=True)  # unconstrained top-k is already sorted
+    items, scores, tokens = items.gather(1, order), scores.gather(1, order), tokens[batch_index[:, None], order]
+    if items.shape[1] < num_beams:
+        pad = num_beams - items.shape[1]
+        items = torch.cat([items, items.new_zeros(batch_size, pad)], dim=1)
+        scores = torch.cat([scores, scores.new_full((batch_size, pad), float("-inf"))], dim=1)
+        tokens = torch.cat([tokens, tokens.new_full((batch_size, pad, tokens.shape[2]), pad_token)], dim=1)
+    return BeamSearchResult(items=items, scores=scores, tokens=tokens)
+
+
+def _constrained_step(
+    trie: ItemTrie,
+    logp: torch.Tensor,
+    nodes: torch.Tensor,
+    scores: torch.Tensor,
+    finished: torch.Tensor,
+    num_beams: int,
+    pad_token: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Expand every live beam along its trie children (finished beams carry over unchanged) and keep the
+    ``num_beams`` best candidates of each batch element."""
+    batch_size, width, _ = logp.shape
+    flat_nodes = nodes.reshape(-1)
+    live = torch.where(finished.reshape(-1), torch.full_like(flat_nodes, -1), flat_nodes)
+    rows, child_tokens, children = trie.children(live)
+    cand_score = scores.reshape(-1)[rows] + logp.reshape(batch_size * width, -1)[rows, child_tokens]
+    done_rows = torch.nonzero(finished.reshape(-1)).flatten()
+    rows = torch.cat([rows, done_rows])
+    cand_token = torch.cat([child_tokens, torch.full_like(done_rows, pad_token)])
+    cand_node = torch.cat([children, flat_nodes[done_rows]])
+    cand_score = torch.cat([cand_score, scores.reshape(-1)[done_rows]])
+    cand_score = torch.where(torch.isfinite(cand_score), cand_score, torch.full_like(cand_score, float("-inf")))
+    best = segment_topk(rows // width, cand_score, batch_size, num_beams)  # [B, K] candidate index or -1
+    empty = best < 0
+    pick = best.clamp(min=0)
+    if len(rows) == 0:  # nothing to expand anywhere: every slot is empty
+        zeros = torch.zeros_like(best)
+        return zeros, zeros + pad_token, zeros - 1, torch.full(best.shape, float("-inf"), device=logp.device)
+    parents = torch.where(empty, torch.zeros_like(pick), rows[pick] % width)
+    tokens = torch.where(empty, torch.full_like(pick, pad_token), cand_token[pick])
+    new_nodes = torch.where(empty, torch.full_like(pick, -1), cand_node[pick])
+    new_scores = torch.where(empty, torch.full(pick.shape, float("-inf"), device=logp.device), cand_score[pick])
+    return parents, tokens, new_nodes, new_scores
