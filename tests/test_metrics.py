@@ -270,6 +270,9 @@ def test_chunked_metrics_equal_full_metrics_and_never_score_padding():
         calls.append((start, end))
         return scores[:, start:end].float()
 
+    before = scores.clone()
+    ranks = chunked_target_ranks(lambda s, e: scores[:, s:e], targets, 200, 64, max(KS), seen)
+    assert torch.equal(scores, before)  # the caller's scores are never written to
     ranks = chunked_target_ranks(score_chunk, targets, 200, 64, max(KS), seen)
     assert calls[0][0] == 1 and calls[-1][1] == 201
     assert metrics_from_ranks(ranks, KS) == pytest.approx(ranking_metrics(scores.float(), targets, KS, seen))

@@ -51,8 +51,13 @@ def chunked_target_ranks(
         raw = score_chunk(start, end)
         if raw.shape != (batch, end - start):
             raise DataError(f"score_chunk({start}, {end}) returned {tuple(raw.shape)}, expected {(batch, end - start)}")
-        scores = raw.to(torch.promote_types(raw.dtype, torch.float32), copy=True)
-        scores.masked_fill_(scores.isnan(), float("-inf"))
+        # one pass that both copies (the target and masked items are overwritten below) and maps NaN to -inf
+        scores = torch.nan_to_num(
+            raw.to(torch.promote_types(raw.dtype, torch.float32)),
+            nan=float("-inf"),
+            posinf=float("inf"),
+            neginf=float("-inf"),
+        )
         if target_score is None:
             target_score = torch.full((batch,), float("-inf"), dtype=scores.dtype, device=device)
         inside = (targets >= start) & (targets < end)
