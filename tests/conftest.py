@@ -11,7 +11,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 
-# shrink a real recipe to seconds: one epoch of two batches, one validation and one test batch
+# shrink a real recipe to seconds: one epoch of two small batches, one validation and one test batch
 SHRINK = [
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=2",
@@ -19,6 +19,8 @@ SHRINK = [
     "trainer.limit_test_batches=1",
     "trainer.enable_progress_bar=false",
     "data.num_workers=0",
+    "data.batch_size=32",
+    "data.eval_batch_size=16",
 ]
 
 

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from zoo.data.datamodule import DataSpec, SequentialDataModule
 from zoo.errors import ConfigError
 from zoo.losses import build_loss
-from zoo.metrics import RankingMetrics, ranks_from_lists, target_ranks
+from zoo.metrics import MISS, RankingMetrics, ranks_from_lists, sampled_ranks, target_ranks
 from zoo.metrics.chunked import chunked_target_ranks
 
 
@@ -81,6 +81,8 @@ class RecModel(L.LightningModule):
         targets = batch["target"]
         if self.generative:
             return ranks_from_lists(self.rank(batch, max(max(self.ks), self.cfg.eval.num_beams)), targets)
+        if "candidates" in batch:
+            return self.candidate_ranks(batch)
         seen = batch["history"] if self.cfg.eval.mask_seen else None
         chunk = self.cfg.eval.item_chunk_size
         if chunk and chunk < self.num_items:
@@ -89,6 +91,15 @@ class RecModel(L.LightningModule):
                 lambda s, e: self.score_state(state, s, e), targets, self.num_items, chunk, max(self.ks), seen
             )
         return target_ranks(self.score(batch), targets, seen)
+
+    def candidate_ranks(self, batch: dict) -> torch.Tensor:
+        """Rank of the target among the batch's candidate list (sampled 1+n, or a retriever's top-K): the same
+        pessimistic rule as full ranking; a target that is not in the list is a miss."""
+        targets, candidates = batch["target"], batch["candidates"]
+        with_target = torch.cat([targets.view(-1, 1), candidates], dim=1)
+        ranks = sampled_ranks(self.score(batch).gather(1, with_target), with_target)
+        present = (candidates == targets.view(-1, 1)).any(dim=1)
+        return torch.where(present, ranks, torch.full_like(ranks, MISS))
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.compute_loss(batch)
