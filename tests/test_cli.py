@@ -127,3 +127,9 @@ def test_module_entry_point_exit_status(tmp_path):
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown key 'trainer.max_epoch'")
+
+
+def test_tensorboard_logger_writes_events(run_root, capsys):
+    code, _, err = run_cli(["recipe=pop_ml100k", f"run_root={run_root}", "logger.name=tensorboard"], capsys)
+    assert code == 0, err
+    assert list(only_run_dir(run_root).glob("logs/tensorboard/events.out.tfevents.*"))
