@@ -26,6 +26,7 @@ from zoo.errors import ConfigError
 from zoo.losses import build_loss
 from zoo.metrics import MISS, RankingMetrics, ranks_from_lists, sampled_ranks, target_ranks
 from zoo.metrics.chunked import chunked_target_ranks
+from zoo.metrics.generation import GenerationMetrics
 
 
 @dataclass
@@ -49,6 +50,9 @@ class RecModel(L.LightningModule):
         self.loss = build_loss(cfg.loss) if self.loss_kind != "none" else None
         self.val_metrics = RankingMetrics(self.ks)
         self.test_metrics = RankingMetrics(self.ks)
+        if self.generative:  # how often the ranked lists hold invalid ids or repeat an item
+            self.val_generation = GenerationMetrics(self.num_items)
+            self.test_generation = GenerationMetrics(self.num_items)
         self.test_results: dict[str, float] = {}
         self.save_hyperparameters({"config": OmegaConf.to_container(cfg, resolve=True)})
 
@@ -80,7 +84,10 @@ class RecModel(L.LightningModule):
     def eval_ranks(self, batch: dict) -> torch.Tensor:
         targets = batch["target"]
         if self.generative:
-            return ranks_from_lists(self.rank(batch, max(max(self.ks), self.cfg.eval.num_beams)), targets)
+            ranked = self.rank(batch, max(max(self.ks), self.cfg.eval.num_beams))
+            stage = "test" if self.trainer is not None and self.trainer.testing else "val"
+            getattr(self, f"{stage}_generation").update(ranked)
+            return ranks_from_lists(ranked, targets)
         if "candidates" in batch:
             return self.candidate_ranks(batch)
         seen = batch["history"] if self.cfg.eval.mask_seen else None
@@ -113,14 +120,19 @@ class RecModel(L.LightningModule):
         self.test_metrics.update(self.eval_ranks(batch))
 
     def on_validation_epoch_end(self) -> None:
-        self._log_metrics("val", self.val_metrics)
+        self._log_metrics("val")
 
     def on_test_epoch_end(self) -> None:
-        self.test_results = self._log_metrics("test", self.test_metrics)
+        self.test_results = self._log_metrics("test")
 
-    def _log_metrics(self, prefix: str, metric: RankingMetrics) -> dict[str, float]:
-        values = {f"{prefix}/{k}": v.float() for k, v in metric.compute().items()}
-        metric.reset()
+    def _log_metrics(self, prefix: str) -> dict[str, float]:
+        metrics = [getattr(self, f"{prefix}_metrics")]
+        if self.generative:
+            metrics.append(getattr(self, f"{prefix}_generation"))
+        values = {}
+        for metric in metrics:
+            values.update({f"{prefix}/{k}": v.float() for k, v in metric.compute().items()})
+            metric.reset()
         self.log_dict(values, prog_bar=False, sync_dist=False)
         return {k: float(v) for k, v in values.items()}
 
