@@ -140,6 +140,8 @@ def _memory(mb: float | None) -> str:
 def _hardware(cell: dict) -> str:
     hw = cell.get("hardware") or {}
     device = hw.get("cuda") or f"{hw.get('cpu_count', '?')} CPU"
+    if cell.get("torch_threads"):
+        device += f" ({cell['torch_threads']} threads)"
     start, end = cell.get("load_avg_1m_start"), hw.get("load_avg_1m")
     load = f", load {start}→{end}" if start is not None else f", load {end}"
     return device + load

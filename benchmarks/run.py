@@ -160,6 +160,7 @@ def _epochs_run(run_dir: Path) -> dict[str, int] | None:
 
 def run_cell(args: GridArgs, method: str, dataset: str) -> Path:
     """Run one cell in this process and write its result JSON; returns the JSON path."""
+    import torch
     from omegaconf import OmegaConf
 
     from benchmarks.common import write_result
@@ -185,6 +186,7 @@ def run_cell(args: GridArgs, method: str, dataset: str) -> Path:
         "training": _epochs_run(Path(cfg.run_dir)),
         "run_dir": str(cfg.run_dir),
         "load_avg_1m_start": load_start,
+        "torch_threads": torch.get_num_threads(),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     return write_result(result_name(method, dataset, args.budget), payload, started, directory=args.results_dir)
