@@ -4,7 +4,8 @@ Each cell (method, dataset) runs the recipe ``<method>_<dataset>`` composed with
 (``benchmarks/budgets.yaml``) through ``zoo.run.run`` in its own subprocess (so peak memory is per cell and a
 crash does not end the grid), and writes ``benchmarks/results/<method>__<dataset>__<budget>.json`` with the test
 metrics, the resolved config, the code version, hardware, wall time and peak memory. Cells with a valid result
-are skipped (the grid resumes where it stopped); ``force=true`` re-runs them.
+are skipped (the grid resumes where it stopped) unless their recipe or budget changed since; ``force=true``
+re-runs them.
 
 Arguments (key=value): ``methods`` and ``datasets`` (comma-separated, required), ``budget`` (default cpu),
 ``force`` (false), ``logger`` (wandb | csv | tensorboard | none; default: the budget's, else the recipe's),
@@ -33,6 +34,7 @@ PAPERS_PATH = BENCH_DIR / "papers.yaml"  # also names the leaderboard datasets
 CELL_KIND = "leaderboard_cell"
 WANDB_PROJECT = "zoo-leaderboard"
 LOGGERS = ("csv", "tensorboard", "wandb", "none")
+VOLATILE_KEYS = ("run_dir", "run_root", "resume", "logger")  # config keys that do not change a cell's numbers
 CELL_ARG = "_cell"  # internal: the grid runs each cell as ``python -m benchmarks.run _cell=METHOD:DATASET ...``
 
 
@@ -77,7 +79,7 @@ def recipe_cells() -> dict[tuple[str, str], str]:
 
 
 def load_budgets(path: Path = BUDGETS_PATH) -> dict[str, dict]:
-    """The budgets of ``budgets.yaml``: name -> {description, overrides, methods, logger}."""
+    """The budgets of ``budgets.yaml``: name -> {description, overrides, methods, logger, threads}."""
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
@@ -85,9 +87,12 @@ def load_budgets(path: Path = BUDGETS_PATH) -> dict[str, dict]:
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ConfigError(f"{path}: expected a mapping of budget name -> settings")
     for name, budget in data.items():
-        unknown = set(budget) - {"description", "overrides", "methods", "logger"}
+        unknown = set(budget) - {"description", "overrides", "methods", "logger", "threads"}
         if unknown:
             raise ConfigError(f"{path}: budget '{name}' has unknown keys {sorted(unknown)}")
+        threads = budget.get("threads")
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise ConfigError(f"{path}: budget '{name}': threads must be a positive integer, got {threads!r}")
     return data
 
 
@@ -133,18 +138,25 @@ def compose_cell(args: GridArgs, budgets: dict[str, dict], method: str, dataset:
     return compose(recipe, overrides), overrides
 
 
-def finished_result(path: Path, method: str, dataset: str, budget: str) -> bool:
-    """Whether ``path`` holds a complete result of this cell (parseable, same cell, with test metrics)."""
+def finished_result(path: Path, method: str, dataset: str, budget: str) -> dict | None:
+    """The record at ``path`` if it is a complete result of this cell (parseable, same cell, test metrics)."""
     try:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
-        return False
-    return (
+        return None
+    complete = (
         isinstance(record, dict)
         and record.get("kind") == CELL_KIND
         and (record.get("method"), record.get("dataset"), record.get("budget")) == (method, dataset, budget)
         and any(str(k).startswith("test/") for k in (record.get("metrics") or {}))
     )
+    return record if complete else None
+
+
+def settings_of(config: dict, threads: int | None) -> dict:
+    """What decides a cell's numbers: its resolved config without where it writes or logs, and its threads."""
+    kept = {k: v for k, v in config.items() if k not in VOLATILE_KEYS}
+    return {"config": kept, "threads": threads}
 
 
 def _epochs_run(run_dir: Path) -> dict[str, int] | None:
@@ -172,6 +184,8 @@ def run_cell(args: GridArgs, method: str, dataset: str) -> Path:
     recipe = recipe_cells()[(method, dataset)]
     cfg, overrides = compose_cell(args, budgets, method, dataset, recipe)
     os.environ.pop(RUN_DIR_ENV, None)  # the cell's own run_dir, never one inherited from a parent process
+    if budgets[args.budget].get("threads"):
+        torch.set_num_threads(budgets[args.budget]["threads"])
     metrics = run(cfg)
     payload = {
         "kind": CELL_KIND,
@@ -185,6 +199,7 @@ def run_cell(args: GridArgs, method: str, dataset: str) -> Path:
         "metrics": metrics,
         "training": _epochs_run(Path(cfg.run_dir)),
         "run_dir": str(cfg.run_dir),
+        "budget_threads": budgets[args.budget].get("threads"),
         "load_avg_1m_start": load_start,
         "torch_threads": torch.get_num_threads(),
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -201,7 +216,10 @@ def _cell_command(args: GridArgs, method: str, dataset: str) -> list[str]:
 
 
 def plan(args: GridArgs) -> list[tuple[str, str, str]]:
-    """Validate the grid and return every cell as (method, dataset, state): todo | done | no recipe."""
+    """Validate the grid and return every cell as (method, dataset, state): todo | done | stale | no recipe.
+    A stale cell has a result whose config (recipe + budget) differs from today's: it is run again."""
+    from omegaconf import OmegaConf
+
     budgets = load_budgets()
     if args.budget not in budgets:
         raise ConfigError(f"unknown budget '{args.budget}'; valid: {', '.join(budgets)}")
@@ -217,14 +235,17 @@ def plan(args: GridArgs) -> list[tuple[str, str, str]]:
     grid = []
     for dataset in args.datasets:
         for method in args.methods:
+            path = args.results_dir / f"{result_name(method, dataset, args.budget)}.json"
+            record = None if args.force else finished_result(path, method, dataset, args.budget)
             if (method, dataset) not in cells:
                 state = "no recipe"
-            elif not args.force and finished_result(
-                args.results_dir / f"{result_name(method, dataset, args.budget)}.json", method, dataset, args.budget
-            ):
-                state = "done"
-            else:
+            elif record is None:
                 state = "todo"
+            else:
+                cfg, _ = compose_cell(args, budgets, method, dataset, cells[(method, dataset)])
+                today = settings_of(OmegaConf.to_container(cfg, resolve=True), budgets[args.budget].get("threads"))
+                then = settings_of(record.get("config") or {}, record.get("budget_threads"))
+                state = "done" if today == then else "stale"
             grid.append((method, dataset, state))
     return grid
 
@@ -235,7 +256,7 @@ def run_grid(args: GridArgs) -> int:
     failed = []
     for method, dataset, state in grid:
         label = f"{method} on {dataset} ({args.budget})"
-        if state != "todo" or args.dry_run:
+        if state not in ("todo", "stale") or args.dry_run:
             print(f"[{state}] {label}", flush=True)
             continue
         print(f"[run] {label}", flush=True)

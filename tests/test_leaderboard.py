@@ -157,6 +157,21 @@ def test_budget_overrides_layer_budget_then_model_then_method() -> None:
         lb_run.cell_overrides(budgets, "b", "pop", "pop", "mlflow", run_dir)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("cpu: {threads: 0}", "threads must be a positive integer"),
+        ("cpu: {epochs: 3}", r"unknown keys \['epochs'\]"),
+        ("- cpu", "expected a mapping of budget name"),
+    ],
+)
+def test_malformed_budgets_file_is_a_config_error(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "budgets.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=expected):
+        lb_run.load_budgets(path)
+
+
 def test_every_budget_composes_with_every_recipe_cell(tmp_path: Path) -> None:
     """Budgets are data: each one must be valid for every <method>_<dataset> recipe it can be applied to."""
     budgets = lb_run.load_budgets()
@@ -181,31 +196,29 @@ def test_wandb_logger_offline_in_leaderboard_project(tmp_path: Path) -> None:
     assert wandb[0]._wandb_init["project"] == "zoo-leaderboard" and wandb[0]._wandb_init["group"] == "cpu"
 
 
-def test_plan_resumes_skipping_finished_cells(tmp_path: Path) -> None:
+def test_plan_runs_missing_incomplete_and_forced_cells(tmp_path: Path) -> None:
     args = _grid(tmp_path, methods=["pop", "sasrec"], datasets=["ml100k", "beauty"])
     results = args.results_dir
     results.mkdir(parents=True)
-    done = {"kind": lb_run.CELL_KIND, "method": "pop", "dataset": "ml100k", "budget": "smoke"}
-    (results / "pop__ml100k__smoke.json").write_text(json.dumps({**done, "metrics": {"test/ndcg@10": 0.02}}))
     (results / "pop__beauty__smoke.json").write_text('{"kind": "leaderboard_cell", "metr')  # interrupted write
     states = {(m, d): s for m, d, s in lb_run.plan(args)}
-    assert states[("pop", "ml100k")] == "done" and states[("pop", "beauty")] == "todo"
-    assert states[("sasrec", "ml100k")] == "todo"
-    args.force = True
-    assert lb_run.plan(args)[0] == ("pop", "ml100k", "todo")
+    assert states == {(m, d): "todo" for m in ("pop", "sasrec") for d in ("ml100k", "beauty")}
     # a file of another budget, or one without test metrics, is not a finished cell
-    (results / "pop__ml100k__smoke.json").write_text(json.dumps({**done, "budget": "cpu", "metrics": {"test/x": 1}}))
-    assert not lb_run.finished_result(results / "pop__ml100k__smoke.json", "pop", "ml100k", "smoke")
-    (results / "pop__ml100k__smoke.json").write_text(json.dumps({**done, "metrics": {}}))
-    assert not lb_run.finished_result(results / "pop__ml100k__smoke.json", "pop", "ml100k", "smoke")
+    done = {"kind": lb_run.CELL_KIND, "method": "pop", "dataset": "ml100k", "budget": "smoke"}
+    path = results / "pop__ml100k__smoke.json"
+    path.write_text(json.dumps({**done, "budget": "cpu", "metrics": {"test/x": 1}}))
+    assert lb_run.finished_result(path, "pop", "ml100k", "smoke") is None
+    path.write_text(json.dumps({**done, "metrics": {}}))
+    assert lb_run.finished_result(path, "pop", "ml100k", "smoke") is None
+    path.write_text(json.dumps({**done, "metrics": {"test/ndcg@10": 0.1}}))
+    assert lb_run.finished_result(path, "pop", "ml100k", "smoke")["metrics"] == {"test/ndcg@10": 0.1}
 
 
 def test_grid_runs_each_unfinished_cell_in_its_own_subprocess(tmp_path: Path, monkeypatch, capsys) -> None:
-    args = _grid(tmp_path, methods=["pop", "sasrec"])
-    args.results_dir.mkdir(parents=True)
-    finished = {"kind": lb_run.CELL_KIND, "method": "pop", "dataset": "ml100k", "budget": "smoke"}
-    (args.results_dir / "pop__ml100k__smoke.json").write_text(json.dumps({**finished, "metrics": {"test/a": 1}}))
+    args = _grid(tmp_path, methods=["pop", "sasrec", "sasrec_bce"])
     calls = []
+    states = {("pop", "ml100k"): "done", ("sasrec", "ml100k"): "todo", ("sasrec_bce", "ml100k"): "stale"}
+    monkeypatch.setattr(lb_run, "plan", lambda _: [(m, d, s) for (m, d), s in states.items()])
 
     def fake_run(command, cwd, env):
         calls.append(command)
@@ -213,9 +226,12 @@ def test_grid_runs_each_unfinished_cell_in_its_own_subprocess(tmp_path: Path, mo
 
     monkeypatch.setattr(lb_run.subprocess, "run", fake_run)
     assert lb_run.run_grid(args) == 1  # a failed cell fails the grid, after the others ran
-    assert len(calls) == 1 and calls[0][:4] == [sys.executable, "-m", "benchmarks.run", "_cell=sasrec:ml100k"]
+    assert [c[:4] for c in calls] == [
+        [sys.executable, "-m", "benchmarks.run", "_cell=sasrec:ml100k"],
+        [sys.executable, "-m", "benchmarks.run", "_cell=sasrec_bce:ml100k"],
+    ]
     out = capsys.readouterr()
-    assert "[done] pop on ml100k" in out.out and "FAILED (exit 1)" in out.out and "1 cell(s) failed" in out.err
+    assert "[done] pop on ml100k" in out.out and "FAILED (exit 1)" in out.out and "2 cell(s) failed" in out.err
     calls.clear()
     args.dry_run = True
     assert lb_run.run_grid(args) == 0 and calls == []
@@ -238,7 +254,13 @@ def test_run_cell_writes_a_complete_result(tmp_path: Path) -> None:
     assert 0 < record["metrics"]["test/recall@10"] < 1 and record["training"] is None
     assert record["config"]["trainer"]["limit_train_batches"] == 2
     assert Path(record["run_dir"], "metrics.json").is_file() and str(tmp_path) in record["run_dir"]
-    assert lb_run.finished_result(path, "pop", "ml100k", "smoke")
+    # the grid resumes: this cell is done; once its recipe or budget changes it is stale; force re-runs it
+    assert lb_run.plan(args) == [("pop", "ml100k", "done")]
+    record["config"]["data"]["max_len"] = 7
+    path.write_text(json.dumps(record))
+    assert lb_run.plan(args) == [("pop", "ml100k", "stale")]
+    args.force = True
+    assert lb_run.plan(args) == [("pop", "ml100k", "todo")]
 
 
 @pytest.mark.slow
