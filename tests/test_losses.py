@@ -16,6 +16,15 @@ from zoo.losses.sampling import PopularitySampler, uniform_negatives
 NUM_ITEMS, DIM, ROWS = 9, 4, 6
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread is faster, and far faster on a shared, oversubscribed CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class RecordingScorer:
     """A tied-embedding scorer that remembers which items the loss asked about."""
 

@@ -50,11 +50,15 @@ SETTINGS = {
 
 
 # -- RecBole side (runs inside the RecBole venv) -----------------------------------------------------------------
-def recbole_worker(seed: int, max_epochs: int, patience: int, out_path: Path, targets_path: Path | None) -> None:
+def recbole_worker(
+    seed: int, max_epochs: int, patience: int, threads: int, out_path: Path, targets_path: Path | None
+) -> None:
     """Train and test RecBole's SASRec once; write per-epoch timings and metrics to ``out_path``."""
     import functools
 
     import torch
+
+    torch.set_num_threads(threads)
 
     # RecBole reloads its own best checkpoint with torch.load; torch >= 2.6 refuses its pickled config unless
     # weights_only=False. Safe here: the file is the one this run just wrote.
@@ -147,13 +151,14 @@ def recbole_worker(seed: int, max_epochs: int, patience: int, out_path: Path, ta
     )
 
 
-def run_recbole(seed: int, max_epochs: int, patience: int, targets_path: Path | None) -> dict:
+def run_recbole(seed: int, max_epochs: int, patience: int, threads: int, targets_path: Path | None) -> dict:
     if not VENV_PYTHON.is_file():
         sys.exit(f"RecBole venv missing: run `bash benchmarks/peers/setup_recbole_env.sh` (expected {VENV_PYTHON})")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "recbole.json"
         cmd = [str(VENV_PYTHON), str(Path(__file__).resolve()), "--recbole-worker", "--seed", str(seed)]
-        cmd += ["--recbole-epochs", str(max_epochs), "--patience", str(patience), "--out", str(out)]
+        cmd += ["--recbole-epochs", str(max_epochs), "--patience", str(patience), "--threads", str(threads)]
+        cmd += ["--out", str(out)]
         if targets_path is not None:
             cmd += ["--targets", str(targets_path)]
         subprocess.run(cmd, check=True, cwd=tmp)
@@ -162,7 +167,7 @@ def run_recbole(seed: int, max_epochs: int, patience: int, targets_path: Path | 
 
 
 # -- zoo side ------------------------------------------------------------------------------------------------------
-def run_zoo(seed: int, max_epochs: int, patience: int) -> dict:
+def run_zoo(seed: int, max_epochs: int, patience: int, max_minutes: int) -> dict:
     """Train and test the zoo's SASRec (recipe ``sasrec_ml100k``) with per-epoch timings."""
     import lightning as L
     from lightning.pytorch.callbacks import Callback
@@ -199,6 +204,7 @@ def run_zoo(seed: int, max_epochs: int, patience: int) -> dict:
                 f"seed={seed}",
                 f"trainer.max_epochs={max_epochs}",
                 f"trainer.early_stopping_patience={patience}",
+                f"trainer.max_time=00:{max_minutes // 60:02d}:{max_minutes % 60:02d}:00",
                 "trainer.enable_progress_bar=false",
                 "logger.name=none",
                 f"run_dir={run_dir}",
@@ -274,11 +280,16 @@ def main() -> None:
     parser.add_argument("--zoo-epochs", type=int, default=300)
     parser.add_argument("--patience", type=int, default=10, help="early stopping, in validations, both sides")
     parser.add_argument("--zoo-patience", type=int, default=20, help="the zoo's epochs are 4 steps: more patience")
+    parser.add_argument("--zoo-max-minutes", type=int, default=30, help="cap on the zoo's training time per seed")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, both sides (1 is faster when shared)")
     parser.add_argument("--name", default="peer_sasrec_ml100k")
     args = parser.parse_args()
     if args.recbole_worker:
-        recbole_worker(args.seed, args.recbole_epochs, args.patience, args.out, args.targets)
+        recbole_worker(args.seed, args.recbole_epochs, args.patience, args.threads, args.out, args.targets)
         return
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     sys.path.insert(0, str(ROOT))
     from benchmarks.common import write_result
@@ -286,50 +297,62 @@ def main() -> None:
     started = time.time()
     load_before = os.getloadavg()[0]
     zoo_runs, recbole_runs = [], []
+    split_check: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         targets_file = Path(tmp) / "recbole_targets.json"
         for i, seed in enumerate(args.seeds):  # interleaved, so both sides see similar machine load
-            recbole_runs.append(run_recbole(seed, args.recbole_epochs, args.patience, targets_file if i == 0 else None))
+            first = targets_file if i == 0 else None
+            recbole_runs.append(run_recbole(seed, args.recbole_epochs, args.patience, args.threads, first))
             print("recbole", json.dumps(recbole_runs[-1]), flush=True)
-            zoo_runs.append(run_zoo(seed, args.zoo_epochs, args.zoo_patience))
-            print("zoo", json.dumps(zoo_runs[-1]), flush=True)
             if i == 0:
                 theirs, ours = json.loads(targets_file.read_text()), zoo_test_targets()
                 agree = sum(theirs.get(u) == item for u, item in ours.items())
+                split_check = {"users": len(ours), "recbole_users": len(theirs), "same_test_target": agree}
+            zoo_runs.append(run_zoo(seed, args.zoo_epochs, args.zoo_patience, args.zoo_max_minutes))
+            print("zoo", json.dumps(zoo_runs[-1]), flush=True)
+            # written after every seed, so a run cut short still leaves its finished seeds on disk
+            payload = build_payload(args, zoo_runs, recbole_runs, split_check, load_before)
+            path = write_result(args.name, payload, started)
+    print(f"wrote {path}")
+
+
+def build_payload(args, zoo_runs: list[dict], recbole_runs: list[dict], split_check: dict, load: float) -> dict:
     zoo_summary, recbole_summary = aggregate(zoo_runs), aggregate(recbole_runs)
-    payload = {
+    return {
         "dataset": "ml100k",
         "settings": SETTINGS,
         "seeds": args.seeds,
+        "seeds_finished": len(zoo_runs),
+        "complete": len(zoo_runs) == len(args.seeds),
+        "torch_threads": args.threads,
         "zoo": {
             "recipe": "sasrec_ml100k",
-            "train_mode": "sequence (one row per user, loss at every position)",
+            "train_mode": "sequence (one row per user, loss at every position; an epoch is 4 steps)",
             "max_epochs": args.zoo_epochs,
+            "max_minutes": args.zoo_max_minutes,
             "early_stopping_patience": args.zoo_patience,
             "summary": zoo_summary,
             "runs": zoo_runs,
         },
         "recbole": {
             "version": "1.2.1",
-            "train_mode": "one example per prefix (RecBole's data augmentation)",
+            "train_mode": "one example per prefix (RecBole's data augmentation; an epoch is ~380 steps)",
             "max_epochs_cap": args.recbole_epochs,
             "epochs_capped": True,
             "early_stopping_patience": args.patience,
             "summary": recbole_summary,
             "runs": recbole_runs,
         },
-        "split_check": {"users": len(ours), "same_test_target": agree},
+        "split_check": split_check,
         "ratio": {
             "test_ndcg@10_zoo_over_recbole": zoo_summary["test_ndcg@10"]["mean"]
             / recbole_summary["test_ndcg@10"]["mean"],
             "time_to_best_zoo_over_recbole": zoo_summary["time_to_best_val_s"]["mean"]
             / recbole_summary["time_to_best_val_s"]["mean"],
         },
-        "load_avg_1m_at_start": round(load_before, 2),
+        "load_avg_1m_at_start": round(load, 2),
         "note": "2-core machine shared with other jobs: the load average is recorded; timings are noisy.",
     }
-    path = write_result(args.name, payload, started)
-    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

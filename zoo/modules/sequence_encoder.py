@@ -7,8 +7,9 @@ itself and the earlier non-padding positions. Output: [B, L, d] hidden states; t
 for tied scoring.
 
 Speed on CPU: attention is ``F.scaled_dot_product_attention`` (fused kernel) with one boolean mask per batch, and
-:meth:`SequenceEncoder.forward` drops the leading columns that are padding in every row (left padding makes them
-a prefix), which on short-sequence datasets such as Amazon Beauty removes most of the work.
+:meth:`SequenceEncoder.forward` never computes on padding columns shared by a group of rows: it sorts the rows by
+length, groups them, and crops each group's leading padding (left padding makes it a prefix). On short-sequence
+datasets such as Amazon Beauty (mean length 9, max length 50) this removes most of the work.
 
 Positions count from the oldest item of each row (0, 1, ...), as in RecBole's right-padded SASRec: a prefix then
 has the same positions whether it is a row of its own or the start of a longer row, so training every position
@@ -58,6 +59,8 @@ class SelfAttentionBlock(nn.Module):
 class SequenceEncoder(nn.Module):
     """Item + position embeddings and causal self-attention blocks; ``forward(history) -> [B, L, d]``."""
 
+    GROUP_ROWS = 32  # rows per length group when a batch mixes short and long histories
+
     def __init__(
         self,
         num_items: int,
@@ -90,18 +93,38 @@ class SequenceEncoder(nn.Module):
             self.item_embedding.weight[0].zero_()
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
-        """Hidden state at every position of ``history`` ([B, L] left-padded ids, L <= max_len) -> [B, L, d].
+        """Hidden state at every position of ``history`` ([B, L] left-padded ids, L <= max_len) -> [B, L, d];
+        padding positions are zeros.
 
-        Leading all-padding columns are skipped and their outputs returned as zeros.
+        Rows are sorted by length and encoded in groups of ``GROUP_ROWS``, each cropped to its longest row, when
+        that saves at least a quarter of the work (short-sequence datasets); the result is the same as encoding
+        every row alone.
         """
         batch, length = history.shape
         if length > self.max_len:
             raise ConfigError(f"history of length {length} exceeds the encoder's max_len {self.max_len}")
+        lengths = (history != 0).sum(dim=1)
+        widths, order = lengths.sort(descending=True)
+        group_widths = widths[:: self.GROUP_ROWS].clamp(min=1)
+        grouped_cost = int((group_widths * self.GROUP_ROWS).sum())
+        if grouped_cost > 0.75 * batch * max(int(widths[0]), 1):
+            return self._encode_cropped(history)
+        pieces = []
+        for group, start in enumerate(range(0, batch, self.GROUP_ROWS)):
+            width = int(group_widths[group])
+            rows = order[start : start + self.GROUP_ROWS]
+            hidden = self._encode_cropped(history[rows, length - width :])
+            pieces.append(torch.cat([hidden.new_zeros(len(rows), length - width, hidden.shape[-1]), hidden], dim=1))
+        return torch.cat(pieces)[order.argsort()]
+
+    def _encode_cropped(self, history: torch.Tensor) -> torch.Tensor:
+        """Encode ``history`` after dropping the leading columns that are padding in every row."""
+        batch, length = history.shape
         valid = history != 0
         first = int(valid.any(dim=0).int().argmax()) if valid.any() else length - 1
-        cropped, keep = history[:, first:], valid[:, first:]
+        keep = valid[:, first:]
         positions = (keep.cumsum(dim=1) - 1).clamp(min=0)
-        x = self.item_embedding(cropped) + self.position_embedding(positions)
+        x = self.item_embedding(history[:, first:]) + self.position_embedding(positions)
         x = self.dropout(self.norm(x))
         mask = attention_mask(keep)
         for block in self.blocks:

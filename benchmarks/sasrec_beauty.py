@@ -1,0 +1,102 @@
+"""SASRec on Amazon Beauty (S3-Rec preprocessing, leave-one-out, full ranking) with both literature losses.
+
+``ce`` (recipe ``sasrec_beauty``: full softmax cross-entropy) and ``bce`` (recipe ``sasrec_bce_beauty``: one
+sampled negative per position, the S3-Rec setting behind the SASRec row of the TIGER table, NDCG@10 0.0318).
+Each run writes ``benchmarks/results/sasrec_beauty_<loss>.json`` in the per-run format of
+``benchmarks.common.write_result``: test metrics, the paper's numbers beside them, the resolved config, epochs run,
+the validation curve, wall time, hardware (with load average) and peak memory.
+
+The machine is shared, so training can be capped in wall time (``--max-minutes``; the run then reports the best
+checkpoint reached and says it was capped). Needs the datasets: ``ZOO_DATA_DIR=../shared/datasets``.
+Usage: ``nohup python3 -m benchmarks.sasrec_beauty --losses ce bce > /tmp/beauty.log 2>&1 &``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from benchmarks.common import write_result
+from zoo.config import compose
+from zoo.run import RUN_DIR_ENV, run
+
+RECIPES = {"ce": "sasrec_beauty", "bce": "sasrec_bce_beauty"}
+PAPER = {  # TIGER paper Table 1, SASRec trained as in S3-Rec (BCE)
+    "source": "TIGER (Rajput et al., NeurIPS 2023) Table 1, SASRec row, Beauty",
+    "test/recall@5": 0.0387,
+    "test/ndcg@5": 0.0249,
+    "test/recall@10": 0.0605,
+    "test/ndcg@10": 0.0318,
+}
+
+
+def validation_curve(run_dir: Path) -> list[float]:
+    """Validation NDCG@10 after each epoch, from the run's CSV log."""
+    path = run_dir / "logs" / "csv" / "metrics.csv"
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return [round(float(row["val/ndcg@10"]), 5) for row in csv.DictReader(f) if row.get("val/ndcg@10")]
+
+
+def run_one(loss: str, max_minutes: float, seed: int, run_root: Path, extra: list[str]) -> Path:
+    started = time.time()
+    overrides = [f"seed={seed}", "trainer.enable_progress_bar=false", f"run_root={run_root}", *extra]
+    if max_minutes > 0:
+        minutes = int(max_minutes)
+        overrides.append(f"trainer.max_time=00:{minutes // 60:02d}:{minutes % 60:02d}:00")
+    cfg = compose(RECIPES[loss], overrides)
+    os.environ.pop(RUN_DIR_ENV, None)
+    try:
+        metrics = run(cfg)
+        run_dir = Path(os.environ[RUN_DIR_ENV])
+    finally:
+        os.environ.pop(RUN_DIR_ENV, None)
+    curve = validation_curve(run_dir)
+    stopped_early = len(curve) < cfg.trainer.max_epochs
+    payload = {
+        "method": "sasrec",
+        "dataset": "beauty",
+        "loss": loss,
+        "recipe": RECIPES[loss],
+        "command": f"python -m benchmarks.sasrec_beauty --losses {loss} --max-minutes {max_minutes}",
+        "metrics": metrics,
+        "paper": PAPER,
+        "meets_paper_ndcg@10": metrics["test/ndcg@10"] >= PAPER["test/ndcg@10"],
+        "epochs_run": len(curve),
+        "best_epoch": curve.index(max(curve)) + 1 if curve else None,
+        "val_ndcg@10_per_epoch": curve,
+        "training_capped_minutes": max_minutes if max_minutes > 0 else None,
+        "stopped_by": "early stopping or time cap" if stopped_early else "max_epochs",
+        "torch_threads": torch.get_num_threads(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "run_dir": str(run_dir),
+        "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
+    }
+    return write_result(f"sasrec_beauty_{loss}", payload, started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--losses", nargs="+", choices=sorted(RECIPES), default=["ce", "bce"])
+    parser.add_argument("--max-minutes", type=float, default=0, help="cap on training time per run (0 = none)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--run-root", type=Path, default=Path("runs") / "benchmarks")
+    parser.add_argument("overrides", nargs="*", help="extra dotted.key=value overrides for both recipes")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("ZOO_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+    for loss in args.losses:
+        print(f"wrote {run_one(loss, args.max_minutes, args.seed, args.run_root, args.overrides)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
