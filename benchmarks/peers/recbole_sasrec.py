@@ -38,7 +38,7 @@ SETTINGS = {
     "attn_dropout": 0.5,
     "activation": "gelu",
     "loss": "ce",
-    "batch_size": 256,
+    "batch_size": "256 (prefix, next item) examples per step: RecBole 256 prefix rows, the zoo ~6 user rows",
     "lr": 1e-3,
     "optimizer": "adam",
     "weight_decay": 0.0,
@@ -85,7 +85,7 @@ def recbole_worker(
             "hidden_act": SETTINGS["activation"],
             "loss_type": "CE",
             "train_neg_sample_args": None,
-            "train_batch_size": SETTINGS["batch_size"],
+            "train_batch_size": 256,
             "learning_rate": SETTINGS["lr"],
             "learner": "adam",
             "weight_decay": SETTINGS["weight_decay"],
@@ -167,7 +167,7 @@ def run_recbole(seed: int, max_epochs: int, patience: int, threads: int, targets
 
 
 # -- zoo side ------------------------------------------------------------------------------------------------------
-def run_zoo(seed: int, max_epochs: int, patience: int, max_minutes: int) -> dict:
+def run_zoo(seed: int, max_epochs: int, patience: int, max_minutes: int, batch_size: int) -> dict:
     """Train and test the zoo's SASRec (recipe ``sasrec_ml100k``) with per-epoch timings."""
     import lightning as L
     from lightning.pytorch.callbacks import Callback
@@ -202,6 +202,7 @@ def run_zoo(seed: int, max_epochs: int, patience: int, max_minutes: int) -> dict
             "sasrec_ml100k",
             [
                 f"seed={seed}",
+                f"data.batch_size={batch_size}",
                 f"trainer.max_epochs={max_epochs}",
                 f"trainer.early_stopping_patience={patience}",
                 f"trainer.max_time=00:{max_minutes // 60:02d}:{max_minutes % 60:02d}:00",
@@ -262,7 +263,7 @@ def summarise_run(epochs: list[dict], recall10: float, ndcg10: float, raw: dict)
 
 
 def aggregate(runs: list[dict]) -> dict:
-    out = {}
+    out: dict = {"runs": len(runs)}
     for key in ("test_recall@10", "test_ndcg@10", "time_to_best_val_s", "train_s_per_epoch", "best_epoch"):
         values = [r[key] for r in runs]
         out[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
@@ -276,6 +277,13 @@ def main() -> None:
     parser.add_argument("--targets", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--recbole-seeds", type=int, nargs="+", default=None, help="default: --seeds")
+    parser.add_argument(
+        "--zoo-batch-size",
+        type=int,
+        default=6,
+        help="users per step; ~45 (prefix, next item) pairs each, so 6 ~ RecBole's 256 prefix rows per step",
+    )
     parser.add_argument("--recbole-epochs", type=int, default=5, help="cap on RecBole's epochs (time budget)")
     parser.add_argument("--zoo-epochs", type=int, default=300)
     parser.add_argument("--patience", type=int, default=10, help="early stopping, in validations, both sides")
@@ -300,17 +308,24 @@ def main() -> None:
     split_check: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         targets_file = Path(tmp) / "recbole_targets.json"
-        for i, seed in enumerate(args.seeds):  # interleaved, so both sides see similar machine load
-            first = targets_file if i == 0 else None
-            recbole_runs.append(run_recbole(seed, args.recbole_epochs, args.patience, args.threads, first))
-            print("recbole", json.dumps(recbole_runs[-1]), flush=True)
-            if i == 0:
-                theirs, ours = json.loads(targets_file.read_text()), zoo_test_targets()
-                agree = sum(theirs.get(u) == item for u, item in ours.items())
-                split_check = {"users": len(ours), "recbole_users": len(theirs), "same_test_target": agree}
-            zoo_runs.append(run_zoo(seed, args.zoo_epochs, args.zoo_patience, args.zoo_max_minutes))
+        recbole_seeds = args.recbole_seeds if args.recbole_seeds is not None else args.seeds
+        # RecBole first: it is the expensive side, and a run cut short still has both sides of the first seed.
+        order = [("recbole", s) for s in recbole_seeds] + [("zoo", s) for s in args.seeds]
+        for side, seed in order:
+            if side == "recbole":
+                first = targets_file if not recbole_runs else None
+                recbole_runs.append(run_recbole(seed, args.recbole_epochs, args.patience, args.threads, first))
+                print("recbole", json.dumps(recbole_runs[-1]), flush=True)
+                if first is not None:
+                    theirs, ours = json.loads(targets_file.read_text()), zoo_test_targets()
+                    agree = sum(theirs.get(u) == item for u, item in ours.items())
+                    split_check = {"users": len(ours), "recbole_users": len(theirs), "same_test_target": agree}
+                continue
+            zoo_runs.append(
+                run_zoo(seed, args.zoo_epochs, args.zoo_patience, args.zoo_max_minutes, args.zoo_batch_size)
+            )
             print("zoo", json.dumps(zoo_runs[-1]), flush=True)
-            # written after every seed, so a run cut short still leaves its finished seeds on disk
+            # written after every zoo seed, so a run cut short still leaves its finished seeds on disk
             payload = build_payload(args, zoo_runs, recbole_runs, split_check, load_before)
             path = write_result(args.name, payload, started)
     print(f"wrote {path}")
@@ -321,13 +336,14 @@ def build_payload(args, zoo_runs: list[dict], recbole_runs: list[dict], split_ch
     return {
         "dataset": "ml100k",
         "settings": SETTINGS,
-        "seeds": args.seeds,
-        "seeds_finished": len(zoo_runs),
+        "zoo_seeds": args.seeds,
+        "recbole_seeds": args.recbole_seeds if args.recbole_seeds is not None else args.seeds,
         "complete": len(zoo_runs) == len(args.seeds),
         "torch_threads": args.threads,
         "zoo": {
             "recipe": "sasrec_ml100k",
-            "train_mode": "sequence (one row per user, loss at every position; an epoch is 4 steps)",
+            "train_mode": "sequence (one row per user, loss at every position)",
+            "batch_size_users": args.zoo_batch_size,
             "max_epochs": args.zoo_epochs,
             "max_minutes": args.zoo_max_minutes,
             "early_stopping_patience": args.zoo_patience,
