@@ -79,7 +79,13 @@ def build_trainer(cfg, model, run_dir: Path) -> L.Trainer:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode="max", patience=t.early_stopping_patience))
     if t.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=20))
-    limits = {k: t[k] for k in ("limit_train_batches", "limit_val_batches", "limit_test_batches") if t[k] is not None}
+    # the schema types the limits as floats, so "limit_val_batches=1" arrives as 1.0, which Lightning reads as
+    # 100%: a whole number >= 1 means that many batches (a fraction < 1 stays a fraction)
+    limits = {
+        k: int(t[k]) if float(t[k]).is_integer() and t[k] >= 1 else t[k]
+        for k in ("limit_train_batches", "limit_val_batches", "limit_test_batches")
+        if t[k] is not None
+    }
     return L.Trainer(
         accelerator=hw["accelerator"],
         devices=hw["devices"],

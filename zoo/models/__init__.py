@@ -2,6 +2,7 @@
 
 from zoo.models import (
     llm_rec,  # noqa: F401  (registration)
+    palr,  # noqa: F401  (registration)
     pop,  # noqa: F401  (registration)
     rqvae,  # noqa: F401  (registration)
     sasrec,  # noqa: F401  (registration)

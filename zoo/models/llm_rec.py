@@ -55,11 +55,14 @@ class HistoryPromptEncoder:
         return encode_prompts(batch, prompts, self.titles, self.pad_id)
 
 
-def encode_prompts(batch: dict, prompts: list[list[int]], titles: TitleTrie, pad_id: int) -> dict:
-    """Add teacher-forcing tensors (prompt + target title) and prompt-only tensors to ``batch``."""
+def encode_prompts(
+    batch: dict, prompts: list[list[int]], titles: TitleTrie, pad_id: int, eval_prompts: list[list[int]] | None = None
+) -> dict:
+    """Add teacher-forcing tensors (``prompts`` + target title) and prompt-only tensors for generation
+    (``eval_prompts``, default the same prompts) to ``batch``."""
     responses = [titles.response(t) for t in batch["target"].tolist()]
     full = pack_left(prompts, responses, pad_id)
-    prompt_only = pack_left(prompts, None, pad_id)
+    prompt_only = pack_left(prompts if eval_prompts is None else eval_prompts, None, pad_id)
     batch.update(
         input_ids=full.input_ids,
         attention_mask=full.attention_mask,
@@ -120,6 +123,5 @@ class LLMRec(RecModel):
             batch["prompt_mask"],
             self.titles.trie,
             num_beams=k,
-            max_steps=self.titles.max_length,
         )
         return items

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from zoo.errors import ConfigError
-from zoo.modules.title_trie import finishing_beam_search
+from zoo.modules.beam_search import beam_search
 from zoo.modules.trie import ItemTrie
 
 TINY_LLAMA = "tiny-llama"
@@ -209,22 +209,61 @@ class CausalLMBackbone(nn.Module):
         return sorted({type(m) for m in self.model.modules() if type(m).__name__ in names}, key=lambda c: c.__name__)
 
 
-class KVCacheStepper:
-    """The step-logits function of a beam search over a causal LM: keeps the KV cache and attention mask of
-    every beam, reorders them to the surviving beams' parents and feeds one token per beam."""
+class KVCacheScorer:
+    """The step function of ``zoo.modules.beam_search.beam_search`` over a causal LM: the first call returns the
+    next-token logits after each (left-padded) prompt; later calls reorder the KV cache and attention mask to the
+    surviving beams' parents and feed one token per beam."""
 
-    def __init__(self, backbone: CausalLMBackbone, cache, attention_mask: torch.Tensor, num_beams: int) -> None:
+    def __init__(self, backbone: CausalLMBackbone, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         self.backbone = backbone
-        self.cache = cache
-        self.cache.batch_repeat_interleave(num_beams)
-        self.attention_mask = attention_mask.repeat_interleave(num_beams, dim=0)
+        self.first_logits, self.cache = backbone.prefill(input_ids, attention_mask)
+        self.attention_mask = attention_mask
+        self.width = 1  # beams per row currently held in the cache
 
-    def __call__(self, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
-        self.cache.reorder_cache(parents)
+    def reorder(self, parents: torch.Tensor) -> None:
+        """Keep, for each new beam ([B, W] index of its parent beam within its row), its parent's cache rows."""
+        batch, width = parents.shape
+        rows = torch.arange(batch, device=parents.device).view(-1, 1) * self.width
+        flat = (rows + parents).flatten()
+        self.cache.reorder_cache(flat)
+        self.attention_mask = self.attention_mask[flat]
+        self.width = width
+
+    def __call__(self, parents: torch.Tensor | None, tokens: torch.Tensor | None) -> torch.Tensor:
+        if parents is None:
+            return self.first_logits[:, None]
+        self.reorder(parents)
         ones = torch.ones_like(self.attention_mask[:, :1])
-        self.attention_mask = torch.cat([self.attention_mask[parents], ones], dim=1)
-        logits, self.cache = self.backbone.decode(tokens, self.attention_mask, self.cache)
-        return logits
+        self.attention_mask = torch.cat([self.attention_mask, ones], dim=1)
+        logits, self.cache = self.backbone.decode(tokens.flatten(), self.attention_mask, self.cache)
+        return logits.view(*parents.shape, -1)
+
+
+class RowPrefixScorer:
+    """Adapts a scorer to a trie whose sequences start with a per-row virtual token ``vocab_size + row`` (see
+    ``TitleTrie.candidate_trie``): the first step emits row b's token with probability 1, the second returns the
+    wrapped scorer's first logits; all logits are padded with -inf for the virtual tokens."""
+
+    def __init__(self, scorer, vocab_size: int, batch_size: int) -> None:
+        self.scorer = scorer
+        self.vocab_size = vocab_size
+        self.batch_size = batch_size
+        self.calls = 0
+
+    def _pad(self, logits: torch.Tensor) -> torch.Tensor:
+        pad = logits.new_full((*logits.shape[:-1], self.batch_size), float("-inf"))
+        return torch.cat([logits, pad], dim=-1)
+
+    def __call__(self, parents: torch.Tensor | None, tokens: torch.Tensor | None) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 1:
+            first = torch.full((self.batch_size, 1, self.vocab_size + self.batch_size), float("-inf"))
+            first[torch.arange(self.batch_size), 0, self.vocab_size + torch.arange(self.batch_size)] = 0.0
+            return first.to(self.scorer.first_logits.device)
+        if self.calls == 2:  # the row token was "generated": each beam continues from its prompt's first logits
+            self.scorer.reorder(parents)
+            return self._pad(self.scorer.first_logits[:, None].expand(-1, parents.shape[1], -1))
+        return self._pad(self.scorer(parents, tokens))
 
 
 @torch.no_grad()
@@ -234,12 +273,14 @@ def generate_items(
     attention_mask: torch.Tensor,
     trie: ItemTrie,
     num_beams: int,
-    max_steps: int,
-    start_nodes: torch.Tensor | None = None,
+    row_prefixed: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ranked item ids [B, num_beams] (and log-probabilities) decoded after each left-padded prompt by beam
-    search constrained to ``trie`` (see ``zoo.modules.title_trie.finishing_beam_search``)."""
-    first_logits, cache = backbone.prefill(input_ids, attention_mask)
-    stepper = KVCacheStepper(backbone, cache, attention_mask, num_beams)
+    """Ranked item ids [B, num_beams] (0 = fewer items found) and their log-probabilities, decoded after each
+    left-padded prompt by beam search constrained to ``trie`` (``zoo.modules.beam_search``). ``row_prefixed``:
+    the trie starts every sequence with the row's virtual token (per-row candidate sets)."""
     trie.to(input_ids.device)
-    return finishing_beam_search(first_logits, stepper, trie, num_beams, max_steps, start_nodes)
+    scorer = KVCacheScorer(backbone, input_ids, attention_mask)
+    if row_prefixed:
+        scorer = RowPrefixScorer(scorer, backbone.vocab_size, len(input_ids))
+    result = beam_search(scorer, trie, len(input_ids), num_beams, pad_token=backbone.pad_token_id)
+    return result.items, result.scores

@@ -14,9 +14,8 @@ tokens gets `` (item <id>)`` appended (``<id>`` = the internal item id), so the 
 from __future__ import annotations
 
 import html
-import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -99,58 +98,3 @@ def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     if not texts:
         return []
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
-
-def finishing_beam_search(
-    first_logits: torch.Tensor,
-    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    trie: ItemTrie,
-    num_beams: int,
-    max_steps: int,
-    start_nodes: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Beam search constrained to ``trie`` for item sequences of *different* lengths (titles ended by EOS).
-
-    ``first_logits`` [B, V] are the next-token logits after each prompt; ``step(tokens [B*W], parents [B*W])``
-    feeds the chosen token of each new beam, whose parent beam is ``parents`` (a flat index into the previous
-    B*W beams, for reordering a KV cache), and returns the next logits [B*W, V]. Scores are summed full-vocabulary
-    log-probabilities (as Hugging Face's constrained beam search with ``prefix_allowed_tokens_fn``, without length
-    normalisation). A beam that reaches an item's leaf is finished; the W best finished items per row are kept
-    (2W candidates are expanded per step so finishing beams do not starve the live ones), and the search stops as
-    soon as no live beam can beat the W-th finished one (log-probabilities only decrease).
-
-    Returns item ids [B, W] (best first, 0 = fewer than W items found) and their log-probabilities.
-    """
-    batch, vocab = first_logits.shape
-    width = num_beams
-    device = first_logits.device
-    if start_nodes is None:
-        start_nodes = torch.zeros(batch, dtype=torch.long, device=device)
-    nodes = start_nodes.view(-1, 1).repeat(1, width)
-    scores = torch.full((batch, width), -math.inf, device=device)
-    scores[:, 0] = 0.0  # one live beam per row at the start, so the first expansion has no duplicates
-    done_scores = torch.full((batch, width), -math.inf, device=device)
-    done_items = torch.zeros((batch, width), dtype=torch.long, device=device)
-    logits = first_logits.repeat_interleave(width, dim=0)
-    offsets = (torch.arange(batch, device=device) * width).view(-1, 1)
-    for _ in range(max_steps):
-        log_probs = torch.log_softmax(logits.float(), dim=-1)
-        allowed = trie.allowed_mask(nodes.flatten(), vocab_size=vocab)
-        cand = (scores.view(-1, 1) + log_probs).masked_fill(~allowed, -math.inf).view(batch, width * vocab)
-        values, flat = cand.topk(min(2 * width, width * vocab), dim=1)
-        parent, token = flat // vocab, flat % vocab
-        child = trie.step(nodes.gather(1, parent), token)
-        item = trie.item(child)
-        finished = (item > 0) & torch.isfinite(values)
-        done_scores, keep = torch.cat([done_scores, values.masked_fill(~finished, -math.inf)], 1).topk(width, dim=1)
-        done_items = torch.cat([done_items, item], 1).gather(1, keep)
-        live_values = values.masked_fill(finished, -math.inf)
-        scores, pick = live_values.topk(width, dim=1)
-        nodes = child.gather(1, pick)
-        best_live = scores.max(dim=1).values
-        if not bool((best_live > done_scores[:, -1]).any()):
-            break
-        parents = (parent.gather(1, pick) + offsets).flatten()
-        logits = step(token.gather(1, pick).flatten(), parents)
-    done_items = done_items.masked_fill(~torch.isfinite(done_scores), 0)
-    return done_items, done_scores

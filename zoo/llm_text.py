@@ -1,0 +1,299 @@
+"""LLM-written text (PALR's user profiles, item descriptions, KAR-style knowledge), generated once and cached.
+
+Two backends, chosen by the caller:
+
+* ``HFTextGenerator``: any Hugging Face causal LM by name or local path (``zoo.modules.llm``), greedy decoding,
+  the tokenizer's chat template when it has one;
+* ``HTTPChatGenerator``: any OpenAI-compatible server (``POST <base_url>/chat/completions``: vLLM, llama.cpp,
+  Ollama, OpenAI...). The base URL, model name and the *name* of the environment variable holding the API key
+  are configuration; nothing is hard-wired and the key itself is never stored.
+
+``TextCache`` is a JSONL file with one record per key (``{"key", "text", "prompt_sha1"}``), appended and flushed
+one record at a time, so an interrupted run resumes where it stopped: keys already there with the same prompt are
+not asked again; a record whose prompt changed is regenerated (the last record of a key wins); a final line cut
+off by a crash is dropped on the next load.
+
+Command line (user profiles for PALR, from each user's training history only)::
+
+    python -m zoo.llm_text profiles recipe=palr_ml100k out=profiles.jsonl backend=http \\
+        base_url=http://localhost:8000/v1 model=meta-llama/Llama-3.1-8B-Instruct api_key_env=OPENAI_API_KEY
+
+(``backend=hf model=<name or path>`` runs a local model instead; dotted ``key=value`` arguments override the
+recipe, e.g. ``data.name=ml1m``.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from zoo.errors import ConfigError, DataError, ZooError
+from zoo.io import write_text_atomic
+
+
+class TextGenerationError(ZooError):
+    """The text backend failed (unreachable server, HTTP error, malformed answer)."""
+
+
+class TextGenerator(Protocol):
+    def generate(self, prompts: Sequence[str]) -> list[str]:
+        """One completion per prompt."""
+
+
+@dataclass
+class HTTPChatGenerator:
+    """An OpenAI-compatible ``/chat/completions`` endpoint."""
+
+    base_url: str  # e.g. http://localhost:8000/v1
+    model: str
+    api_key_env: str | None = None  # name of the environment variable with the key (none: no Authorization)
+    system_prompt: str | None = None
+    max_tokens: int = 256
+    temperature: float = 0.0
+    timeout_s: float = 120.0
+    retries: int = 3  # on connection errors, 429 and 5xx, with exponential back-off
+    backoff_s: float = 1.0
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                raise ConfigError(f"environment variable {self.api_key_env} (the API key) is not set")
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
+    def _complete(self, prompt: str) -> str:
+        messages = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else []) + [
+            {"role": "user", "content": prompt}
+        ]
+        body = json.dumps(
+            {"model": self.model, "messages": messages, "max_tokens": self.max_tokens, "temperature": self.temperature}
+        ).encode()
+        url = self.base_url.rstrip("/") + "/chat/completions"
+        for attempt in range(self.retries + 1):
+            request = urllib.request.Request(url, data=body, headers=self._headers(), method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    answer = json.loads(response.read().decode("utf-8"))
+                return str(answer["choices"][0]["message"]["content"])
+            except urllib.error.HTTPError as err:
+                retry = err.code == 429 or err.code >= 500
+                problem = f"HTTP {err.code} from {url}"
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+                retry, problem = True, f"cannot reach {url}: {getattr(err, 'reason', err)}"
+            except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+                retry, problem = False, f"{url} did not answer with a chat completion (choices[0].message.content)"
+            if not retry or attempt == self.retries:
+                raise TextGenerationError(problem)
+            time.sleep(self.backoff_s * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def generate(self, prompts: Sequence[str]) -> list[str]:
+        return [self._complete(p) for p in prompts]
+
+
+class HFTextGenerator:
+    """Greedy generation with a Hugging Face causal LM (``zoo.modules.llm.LLMConfig`` names it)."""
+
+    def __init__(self, llm_cfg, max_new_tokens: int = 128) -> None:
+        from zoo.modules.llm import CausalLMBackbone
+
+        self.backbone = CausalLMBackbone(llm_cfg).eval()
+        self.max_new_tokens = max_new_tokens
+
+    def _text(self, prompt: str) -> str:
+        tok = self.backbone.tokenizer
+        if getattr(tok, "chat_template", None):
+            return tok.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
+        return prompt
+
+    def generate(self, prompts: Sequence[str]) -> list[str]:
+        import torch
+
+        from zoo.data.prompts import pack_left
+
+        tok = self.backbone.tokenizer
+        ids = [list(tok(self._text(p), add_special_tokens=False)["input_ids"]) for p in prompts]
+        batch = pack_left(ids, None, self.backbone.pad_token_id)
+        model = self.backbone.model
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=batch.input_ids.to(device),
+                attention_mask=batch.attention_mask.to(device),
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                eos_token_id=self.backbone.eos_token_id,
+                pad_token_id=self.backbone.pad_token_id,
+            )
+        new = out[:, batch.input_ids.shape[1] :]
+        return [tok.decode(row, skip_special_tokens=True).strip() for row in new]
+
+
+def prompt_sha1(prompt: str) -> str:
+    return hashlib.sha1(prompt.encode("utf-8")).hexdigest()
+
+
+class TextCache:
+    """key -> generated text, persisted as JSONL appended one flushed record at a time."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.records: dict[str, dict] = {}
+        if self.path.is_file():
+            self._load()
+
+    def _load(self) -> None:
+        raw = self.path.read_text(encoding="utf-8")
+        lines = raw.split("\n")
+        complete = raw.endswith("\n")
+        for lineno, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                self.records[str(record["key"])] = {"text": str(record["text"]), "sha1": record.get("prompt_sha1")}
+            except (json.JSONDecodeError, KeyError, TypeError):
+                if lineno == len(lines) and not complete:  # cut off by an interrupted write: drop it
+                    write_text_atomic(self.path, "\n".join(lines[:-1]) + ("\n" if len(lines) > 1 else ""))
+                    return
+                raise DataError(f"{self.path}:{lineno}: expected a JSON object with 'key' and 'text'") from None
+        if raw and not complete:  # a valid last record without its newline: complete it before appending
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write("\n")
+
+    def get(self, key: str, prompt: str | None = None) -> str | None:
+        """The cached text, or None when absent or generated from another prompt."""
+        record = self.records.get(key)
+        if record is None or (prompt is not None and record["sha1"] not in (None, prompt_sha1(prompt))):
+            return None
+        return record["text"]
+
+    def append(self, key: str, text: str, prompt: str | None = None) -> None:
+        record = {"key": key, "text": text, "prompt_sha1": prompt_sha1(prompt) if prompt is not None else None}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.records[key] = {"text": text, "sha1": record["prompt_sha1"]}
+
+
+def generate_cached(
+    keys: Sequence[str], prompts: Sequence[str], generator: TextGenerator, cache_path: str | Path, batch_size: int = 8
+) -> dict[str, str]:
+    """Text for every key: from the cache when present (same prompt), else generated in batches and appended."""
+    if len(keys) != len(prompts):
+        raise ValueError(f"{len(keys)} keys for {len(prompts)} prompts")
+    cache = TextCache(cache_path)
+    todo = [(k, p) for k, p in zip(keys, prompts) if cache.get(k, p) is None]
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        texts = generator.generate([p for _, p in chunk])
+        if len(texts) != len(chunk):
+            raise TextGenerationError(f"the generator returned {len(texts)} texts for {len(chunk)} prompts")
+        for (key, prompt), text in zip(chunk, texts):
+            cache.append(key, text, prompt)
+    return {k: cache.get(k) for k in keys}
+
+
+PROFILE_PROMPT = (
+    "Here are the {noun} a user interacted with, oldest first: {titles}.\n"
+    "Describe this user's preferences as a short comma-separated list of keywords (genres, themes, styles). "
+    "Answer with the keywords only."
+)
+
+
+def profile_prompts(corpus, max_history: int = 20, noun: str = "items") -> tuple[list[str], list[str]]:
+    """(raw user ids, prompts) asking for each user's preference keywords from their **training** history
+    (leave-one-out: the sequence without its last two items, which are the validation and test targets; sources
+    with their own split: the corpus sequence, which holds no evaluation target)."""
+    from zoo.modules.title_trie import clean_title
+
+    titles = corpus.item_text.get("title")
+    if not titles:
+        raise DataError(f"{corpus.name}: user profiles need item titles")
+    keys, prompts = [], []
+    for user in range(corpus.num_users):
+        sequence = corpus.sequence(user).tolist()
+        history = sequence if corpus.fixed_splits else sequence[:-2]
+        history = history[-max_history:]
+        if not history:
+            continue
+        shown = ", ".join(f'"{clean_title(titles[i], i)}"' for i in history)
+        keys.append(corpus.user_ids[user])
+        prompts.append(PROFILE_PROMPT.format(noun=noun, titles=shown))
+    return keys, prompts
+
+
+def _parse(argv: list[str]) -> dict[str, str]:
+    options = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep:
+            raise ConfigError(f"argument '{arg}' must look like key=value")
+        options[key] = value
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m zoo.llm_text profiles recipe=NAME out=FILE backend=http|hf ...`` (see the module docstring)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or argv[0] != "profiles":
+        print(__doc__)
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    try:
+        options = _parse(argv[1:])
+        overrides = [f"{k}={v}" for k, v in options.items() if "." in k]  # dotted keys override the recipe
+        options = {k: v for k, v in options.items() if "." not in k}
+        known = {"recipe", "out", "backend", "base_url", "model", "api_key_env", "max_tokens", "max_history", "noun"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        for required in ("recipe", "out", "backend", "model"):
+            if required not in options:
+                raise ConfigError(f"missing {required}=...")
+        from zoo.config import compose
+        from zoo.data.loading import load_corpus
+
+        cfg = compose(options["recipe"], overrides)
+        keys, prompts = profile_prompts(
+            load_corpus(cfg.data), int(options.get("max_history", 20)), options.get("noun", "items")
+        )
+        max_tokens = int(options.get("max_tokens", 128))
+        if options["backend"] == "http":
+            if "base_url" not in options:
+                raise ConfigError("backend=http needs base_url=... (e.g. http://localhost:8000/v1)")
+            generator = HTTPChatGenerator(
+                options["base_url"], options["model"], options.get("api_key_env"), max_tokens=max_tokens
+            )
+        elif options["backend"] == "hf":
+            from omegaconf import OmegaConf
+
+            from zoo.modules.llm import LLMConfig
+
+            generator = HFTextGenerator(OmegaConf.structured(LLMConfig(backbone=options["model"])), max_tokens)
+        else:
+            raise ConfigError(f"unknown backend '{options['backend']}' (http | hf)")
+        texts = generate_cached(keys, prompts, generator, options["out"])
+        print(f"{len(texts)} profiles in {options['out']}")
+    except ZooError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

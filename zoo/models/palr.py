@@ -1,0 +1,178 @@
+"""PALR (Yang et al., 2023): an LLM re-ranks a retriever's candidates.
+
+Stage 1 (retrieval) is another model's job: by default the candidates file of ``data.candidates_path``
+(``zoo.data.candidates`` format, e.g. SASRec's top-50: ``python -m zoo.run recipe=sasrec_ml100k
+model.export_candidates_k=50`` writes ``<run_dir>/candidates.npz``); ``model.retriever=popularity`` instead takes
+the most popular items the user has not interacted with (a weak stage 1 that needs no other run).
+
+Stage 2: a causal LM reads an instruction prompt with the user's history (at most ``max_history`` titles), an
+optional LLM-written user profile (``model.profile_path``: the JSONL cache of ``zoo.llm_text``, keyed by raw user
+id) and, for the retrieval task, the candidate titles, and generates the title of the recommended item. Training
+mixes the paper's two instruction tasks per example (a seeded draw, the same every epoch):
+
+* ``Recommend``: history (+ profile) -> the next item, no candidates;
+* ``Recommend_Retrieval``: history (+ profile) + candidates -> the next item, where the candidates are the
+  retriever's list with the target inserted at a random position (the other items are hard negatives).
+
+Evaluation poses the retrieval task with the retriever's list as it is (a target the retriever missed is a miss)
+and decodes by beam search constrained to each user's candidates (one trie per batch, each row's candidates
+under its own virtual root token: ``TitleTrie.candidate_trie``). The loss is any token loss (``lml``, ``msl``,
+``msl_ats``; MSL's valid sets come from the title trie of all items).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from zoo.data.datamodule import DataSpec
+from zoo.data.prompts import HEADER, RESPONSE, PromptTokens
+from zoo.errors import ConfigError, DataError
+from zoo.llm_text import TextCache
+from zoo.models.llm_rec import LLMRec, LLMRecConfig, encode_prompts
+from zoo.modules.llm import generate_items
+from zoo.modules.title_trie import TitleTrie
+from zoo.registry import MODELS
+
+RETRIEVERS = ("file", "popularity")
+RETRIEVAL_INSTRUCTION = " Choose the answer from the candidates."
+
+
+@dataclass
+class PALRConfig(LLMRecConfig):
+    name: str = "palr"
+    max_history: int = 20  # PALR: at most 20 history items
+    max_prompt_tokens: int = 1024  # history titles are dropped (oldest first) beyond this; candidates never
+    retriever: str = "file"  # file: data.candidates_path | popularity: most popular unseen items
+    num_candidates: int = 50  # candidates shown (the first of the retriever's list)
+    retrieval_task_ratio: float = 0.5  # share of training examples posed as Recommend_Retrieval
+    profile_path: Optional[str] = None  # JSONL user profiles from zoo.llm_text (key = raw user id)
+    task_seed: int = 0  # seeds the per-example task draw and the target's position among the candidates
+
+
+def load_profiles(path: str | Path, user_ids: list[str]) -> list[str]:
+    """Profile text per user index from a ``zoo.llm_text`` JSONL cache ("" for users without one)."""
+    if not Path(path).is_file():
+        raise DataError(f"model.profile_path: no file at {path}")
+    cache = TextCache(path)
+    return [cache.get(u) or "" for u in user_ids]
+
+
+class PALRPromptEncoder:
+    """Batch transform: the training prompt of each example's task (with ``labels``) and the evaluation prompt
+    (retrieval over the retriever's list as it is, in ``prompt_ids``), plus ``candidates`` [B, n]."""
+
+    def __init__(
+        self,
+        prompts: PromptTokens,
+        titles: TitleTrie,
+        instruction_and_prefix: tuple[str, str],
+        cfg: PALRConfig,
+        pad_id: int,
+        profiles: list[str] | None,
+        popular: np.ndarray | None,
+    ) -> None:
+        instruction, history_prefix = instruction_and_prefix
+        self.prompts = prompts
+        self.titles = titles
+        self.cfg = cfg
+        self.pad_id = pad_id
+        self.popular = popular
+        self.heads = {
+            task: prompts.text(f"{HEADER}### Instruction:\n{instruction}{extra}\n\n### Input:\n")
+            for task, extra in (("recommend", ""), ("retrieval", RETRIEVAL_INSTRUCTION))
+        }
+        self.history_prefix = prompts.text(history_prefix)
+        self.candidates_prefix = prompts.text("\nCandidates: ")
+        self.tail = prompts.text(RESPONSE)
+        self.profiles = [prompts.text(f"User profile: {p}\n") if p else [] for p in profiles] if profiles else None
+
+    def _prompt(self, task: str, user: int, history: list[int], candidates: list[int] | None) -> list[int]:
+        head = self.heads[task] + (self.profiles[user] if self.profiles and user >= 0 else []) + self.history_prefix
+        tail = (self.candidates_prefix + self.prompts.title_list(candidates) if candidates else []) + self.tail
+        return self.prompts.fit_history(head, history, tail)
+
+    def _candidates(self, batch: dict) -> torch.Tensor:
+        n = self.cfg.num_candidates
+        if self.popular is None:
+            if "candidates" not in batch:
+                raise DataError("palr: this split has no candidate lists in data.candidates_path")
+            return batch["candidates"][:, :n]
+        rows = []
+        for history in batch["history"].tolist():
+            seen = set(history)
+            rows.append([i for i in self.popular[: n + len(seen)].tolist() if i not in seen][:n])
+        return torch.tensor(rows, dtype=torch.long)
+
+    def __call__(self, batch: dict) -> dict:
+        candidates = self._candidates(batch)
+        train_prompts, eval_prompts = [], []
+        rows = zip(batch["user"].tolist(), batch["history"].tolist(), batch["target"].tolist(), candidates.tolist())
+        for user, history, target, cands in rows:
+            cands = [c for c in cands if c > 0]
+            rng = np.random.default_rng((self.cfg.task_seed, max(user, 0), target, len([i for i in history if i])))
+            if rng.random() < self.cfg.retrieval_task_ratio:
+                negatives = [c for c in cands if c != target][: max(len(cands) - 1, 0)]
+                at = int(rng.integers(0, len(negatives) + 1))
+                train_prompts.append(
+                    self._prompt("retrieval", user, history, negatives[:at] + [target] + negatives[at:])
+                )
+            else:
+                train_prompts.append(self._prompt("recommend", user, history, None))
+            eval_prompts.append(self._prompt("retrieval", user, history, cands))
+        batch = encode_prompts(batch, train_prompts, self.titles, self.pad_id, eval_prompts)
+        batch["candidates"] = candidates
+        return batch
+
+
+@MODELS.register("palr")
+class PALR(LLMRec):
+    Config = PALRConfig
+    test_overrides = ("model.retriever=popularity", "model.num_candidates=10")
+
+    def __init__(self, cfg, datamodule) -> None:
+        super().__init__(cfg, datamodule)
+        m = cfg.model
+        if m.retriever not in RETRIEVERS:
+            raise ConfigError(f"unknown model.retriever '{m.retriever}' ({' | '.join(RETRIEVERS)})")
+        if m.retriever == "file" and not cfg.data.candidates_path:
+            raise ConfigError(
+                "palr with model.retriever=file needs data.candidates_path=<retriever run>/candidates.npz "
+                "(e.g. python -m zoo.run recipe=sasrec_ml100k model.export_candidates_k=50), "
+                "or model.retriever=popularity"
+            )
+        if not 0.0 <= m.retrieval_task_ratio <= 1.0:
+            raise ConfigError(f"model.retrieval_task_ratio must be in [0, 1], got {m.retrieval_task_ratio}")
+        if m.num_candidates < 1:
+            raise ConfigError(f"model.num_candidates must be >= 1, got {m.num_candidates}")
+        corpus = datamodule.corpus
+        self._profiles = load_profiles(m.profile_path, corpus.user_ids) if m.profile_path else None
+        self._popular = None
+        if m.retriever == "popularity":
+            counts = datamodule.train_item_counts("val").astype(np.float64)
+            counts[0] = -1.0
+            self._popular = np.argsort(-counts, kind="stable")[:-1]
+
+    def data_spec(self) -> DataSpec:
+        encoder = PALRPromptEncoder(
+            self.prompts,
+            self.titles,
+            self._instruction(),
+            self.cfg.model,
+            self.backbone.pad_token_id,
+            self._profiles,
+            self._popular,
+        )
+        return DataSpec(train_mode="prefix", max_len=self.cfg.model.max_history, transform=encoder)
+
+    def rank(self, batch: dict, k: int) -> torch.Tensor:
+        """The candidates re-ranked: beam search constrained to each row's candidate titles ([B, k])."""
+        trie, _ = self.titles.candidate_trie(batch["candidates"])
+        items, _ = generate_items(
+            self.backbone, batch["prompt_ids"], batch["prompt_mask"], trie, num_beams=k, row_prefixed=True
+        )
+        return items
