@@ -63,6 +63,7 @@ class TrainerConfig:
     gradient_clip_val: Optional[float] = None
     accumulate_grad_batches: int = 1
     check_val_every_n_epoch: int = 1
+    # batch limits: a fraction < 1 of the batches, or a whole number of batches; null = all
     limit_train_batches: Optional[float] = None
     limit_val_batches: Optional[float] = None
     limit_test_batches: Optional[float] = None
