@@ -191,7 +191,7 @@ def run_zoo(seed: int, max_epochs: int, patience: int, max_minutes: int, batch_s
         def on_validation_epoch_start(self, trainer, module):
             self.val_tick = time.time()
 
-        def on_validation_epoch_end(self, trainer, module):
+        def on_validation_end(self, trainer, module):  # after the module logged its metrics
             if trainer.sanity_checking:
                 return
             ndcg = float(trainer.callback_metrics["val/ndcg@10"])
