@@ -9,12 +9,16 @@ the validation curve, wall time, hardware (with load average) and peak memory.
 The machine is shared, so training can be capped in wall time (``--max-minutes``; the run then reports the best
 checkpoint reached and says it was capped). Needs the datasets: ``ZOO_DATA_DIR=../shared/datasets``.
 Usage: ``nohup python3 -m benchmarks.sasrec_beauty --losses ce bce > /tmp/beauty.log 2>&1 &``.
+
+``--speed`` instead times training steps (forward, backward, Adam) on Beauty batches with the encoder's length
+grouping off and on, and writes ``sasrec_beauty_speed.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import time
 from pathlib import Path
@@ -82,6 +86,63 @@ def run_one(loss: str, max_minutes: float, seed: int, run_root: Path, extra: lis
     return write_result(f"sasrec_beauty_{loss}", payload, started)
 
 
+def time_steps(batch_size: int, group_rows: int, batches: int, loss: str) -> list[float]:
+    """Seconds per training step over the first ``batches`` training batches (same batches for every setting)."""
+    from zoo.data import SequentialDataModule
+    from zoo.models.sasrec import SASRec
+    from zoo.modules.sequence_encoder import SequenceEncoder
+
+    cfg = compose(RECIPES[loss], [f"data.batch_size={batch_size}", "seed=0"])
+    torch.manual_seed(0)
+    datamodule = SequentialDataModule(cfg.data, seed=0)
+    model = SASRec(cfg, datamodule)
+    datamodule.connect(model.data_spec())
+    model.prepare(datamodule)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loader = iter(datamodule.train_dataloader())
+    steps = [next(loader) for _ in range(batches)]
+    SequenceEncoder.GROUP_ROWS, default_rows = group_rows, SequenceEncoder.GROUP_ROWS
+    seconds = []
+    try:
+        for batch in steps:
+            tick = time.perf_counter()
+            value = model.compute_loss(batch)
+            optimizer.zero_grad()
+            value.backward()
+            optimizer.step()
+            seconds.append(round(time.perf_counter() - tick, 4))
+    finally:
+        SequenceEncoder.GROUP_ROWS = default_rows
+    return seconds
+
+
+def speed(batches: int) -> Path:
+    started = time.time()
+    rows = []
+    for loss in ("ce", "bce"):
+        for batch_size in (64, 256):
+            for label, group_rows in (("one group (crop to the batch's longest row)", 1 << 30), ("groups of 32", 32)):
+                seconds = time_steps(batch_size, group_rows, batches, loss)
+                rows.append(
+                    {
+                        "loss": loss,
+                        "batch_size": batch_size,
+                        "encoder": label,
+                        "step_s": seconds,
+                        "median_step_s": sorted(seconds)[len(seconds) // 2],
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
+    payload = {
+        "what": "SASRec training step time on Beauty (forward + backward + Adam), length grouping off vs on",
+        "torch_threads": torch.get_num_threads(),
+        "rows": rows,
+        "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
+        "note": "shared 2-core machine: compare rows of this file only (same batches, same load period)",
+    }
+    return write_result("sasrec_beauty_speed", payload, started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--losses", nargs="+", choices=sorted(RECIPES), default=["ce", "bce"])
@@ -89,11 +150,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--run-root", type=Path, default=Path("runs") / "benchmarks")
+    parser.add_argument("--speed", action="store_true", help="time training steps instead (length grouping off/on)")
+    parser.add_argument("--speed-batches", type=int, default=5)
     parser.add_argument("overrides", nargs="*", help="extra dotted.key=value overrides for both recipes")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     os.environ.setdefault("ZOO_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+    if args.speed:
+        print(f"wrote {speed(args.speed_batches)}", flush=True)
+        return
     for loss in args.losses:
         print(f"wrote {run_one(loss, args.max_minutes, args.seed, args.run_root, args.overrides)}", flush=True)
 
