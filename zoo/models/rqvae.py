@@ -99,6 +99,7 @@ class RQVAEModule(L.LightningModule):
 
     Config = RQVAEStageConfig
     standalone = True
+    test_overrides = ("model.text_fields=[title]", "model.rqvae.epochs=3", "model.rqvae.eval_every=3")  # test_methods
 
     def __init__(self, rq_cfg, embeddings: np.ndarray | torch.Tensor, seed: int = 42) -> None:
         super().__init__()

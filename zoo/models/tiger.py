@@ -147,6 +147,20 @@ class Tiger(RecModel):
     Config = TigerConfig
     loss_kind = "token"
     generative = True
+    test_overrides = (  # tests/test_methods.py: a tiny T5 and a short RQ-VAE stage
+        "model.d_model=32",
+        "model.num_heads=2",
+        "model.d_kv=16",
+        "model.d_ff=64",
+        "model.num_encoder_layers=1",
+        "model.num_decoder_layers=1",
+        "model.text_fields=[title]",
+        "model.rqvae.hidden_dims=[64]",
+        "model.rqvae.epochs=3",
+        "model.rqvae.eval_every=3",
+        "model.rqvae.restart_every=1",
+        "trainer.check_val_every_n_epoch=1",
+    )
 
     def __init__(self, cfg, datamodule: SequentialDataModule) -> None:
         super().__init__(cfg, datamodule)

@@ -1,0 +1,187 @@
+"""Constrained beam search throughput for TIGER: users per second at beam 20, how it grows with the catalogue, and
+what the trie costs against an unconstrained decode of the same model.
+
+Two parts:
+
+* **scaling** (always): a paper-size TIGER T5 (4+4 layers, d_model 128, 6 heads of 64, MLP 1024; random
+  weights -- decoding cost does not depend on them) over synthetic catalogues of 1k..256k items with random
+  3-level Semantic IDs (+ collision code). For each size: trie build time, users/s constrained vs unconstrained,
+  and the search-only cost (the same beam search fed precomputed logits, i.e. without the decoder) to isolate
+  what the constraint itself costs as the trie grows.
+* **trained** (``--checkpoint`` of a tiger_beauty run): the same comparison on real test users, with the
+  unconstrained decode's invalid-ID rate (beams that are no item) and both recalls.
+
+    python benchmarks/tiger_beam.py [--sizes 1000 4000 ...] [--users 256] [--checkpoint runs/.../best.ckpt]
+
+Writes ``benchmarks/results/tiger_beam_search.json``. The machine is shared: timings carry the load average.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import write_result  # noqa: E402
+from zoo.config import compose  # noqa: E402
+from zoo.data.corpus import Corpus  # noqa: E402
+from zoo.data.datamodule import SequentialDataModule  # noqa: E402
+from zoo.models.tiger import T5StepDecoder, Tiger  # noqa: E402
+from zoo.modules.beam_search import beam_search  # noqa: E402
+from zoo.modules.rqvae import add_collision_codes  # noqa: E402
+
+NUM_BEAMS = 20
+
+
+def synthetic_model(num_items: int, seed: int = 0) -> tuple[Tiger, SequentialDataModule]:
+    """A paper-size TIGER over ``num_items`` items with random Semantic IDs and random user histories."""
+    rng = np.random.default_rng(seed)
+    users = 512
+    sequences = [rng.integers(1, num_items + 1, size=22).tolist() for _ in range(users)]
+    corpus = Corpus.from_sequences(f"synthetic{num_items}", sequences, num_items=num_items)
+    cfg = compose("tiger_beauty", ["data.eval_batch_size=128"])
+    datamodule = SequentialDataModule(cfg.data, corpus=corpus)
+    torch.manual_seed(seed)
+    model = Tiger(cfg, datamodule)
+    datamodule.connect(model.data_spec())
+    ids = add_collision_codes(rng.integers(0, 256, size=(num_items, 3)))  # 256^3 tuples: few collisions
+    model.set_semantic_ids(torch.as_tensor(ids))
+    return model.eval(), datamodule
+
+
+def timed_decode(model: Tiger, batches: list[dict], constrained: bool) -> tuple[float, list[torch.Tensor]]:
+    started = time.perf_counter()
+    with torch.no_grad():
+        items = [model.decode(b, NUM_BEAMS, constrained=constrained).items for b in batches]
+    return time.perf_counter() - started, items
+
+
+def search_only_seconds(model: Tiger, batches: list[dict]) -> float:
+    """The constrained search fed logits recorded from the real decoder: the cost of the trie alone."""
+    recorded: list[list[torch.Tensor]] = []
+    with torch.no_grad():
+        for b in batches:
+            step = T5StepDecoder(model.t5, b["input_ids"], b["attention_mask"])
+            logs: list[torch.Tensor] = []
+
+            def recording(parents, tokens, step=step, logs=logs):
+                out = step(parents, tokens)
+                logs.append(out)
+                return out
+
+            beam_search(recording, model.trie, len(b["input_ids"]), NUM_BEAMS)
+            recorded.append(logs)
+    started = time.perf_counter()
+    for b, logs in zip(batches, recorded):
+        replay = iter(logs)
+        beam_search(lambda parents, tokens, replay=replay: next(replay), model.trie, len(b["input_ids"]), NUM_BEAMS)
+    return time.perf_counter() - started
+
+
+def scaling(sizes: list[int], num_users: int) -> list[dict]:
+    rows = []
+    for size in sizes:
+        started = time.perf_counter()
+        model, datamodule = synthetic_model(size)
+        build_s = time.perf_counter() - started
+        batches = []
+        for batch in datamodule.test_dataloader():
+            batches.append(batch)
+            if sum(len(b["target"]) for b in batches) >= num_users:
+                break
+        users = sum(len(b["target"]) for b in batches)
+        constrained_s, ranked = timed_decode(model, batches, constrained=True)
+        free_s, free_ranked = timed_decode(model, batches, constrained=False)
+        search_s = search_only_seconds(model, batches)
+        valid = torch.cat(ranked) > 0
+        row = {
+            "num_items": size,
+            "trie_nodes": model.trie.num_nodes,
+            "setup_s": round(build_s, 3),
+            "users": users,
+            "constrained_users_per_s": round(users / constrained_s, 2),
+            "unconstrained_users_per_s": round(users / free_s, 2),
+            "constraint_overhead": round(constrained_s / free_s - 1, 4),
+            "search_only_users_per_s": round(users / search_s, 2),
+            "search_share_of_constrained": round(search_s / constrained_s, 4),
+            "constrained_all_valid": bool(valid.all()),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+        }
+        print(row, flush=True)
+        rows.append(row)
+    return rows
+
+
+def trained(checkpoint: Path, num_users: int) -> dict:
+    """Constrained vs unconstrained decoding of a trained tiger run on its own test users."""
+    from omegaconf import OmegaConf
+
+    run_dir = checkpoint.parent.parent
+    cfg = OmegaConf.merge(compose("tiger_beauty"), OmegaConf.load(run_dir / "config.yaml"))
+    datamodule = SequentialDataModule(cfg.data, seed=cfg.seed)
+    model = Tiger(cfg, datamodule)
+    datamodule.connect(model.data_spec())
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    model.on_load_checkpoint(state)
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    batches = []
+    for batch in datamodule.test_dataloader():
+        batches.append(batch)
+        if sum(len(b["target"]) for b in batches) >= num_users:
+            break
+    users = sum(len(b["target"]) for b in batches)
+    targets = torch.cat([b["target"] for b in batches])
+    constrained_s, ranked = timed_decode(model, batches, constrained=True)
+    free_s, free_ranked = timed_decode(model, batches, constrained=False)
+    ranked, free_ranked = torch.cat(ranked), torch.cat(free_ranked)
+
+    def recall(lists: torch.Tensor, k: int) -> float:
+        return float((lists[:, :k] == targets[:, None]).any(1).float().mean())
+
+    return {
+        "checkpoint": str(checkpoint),
+        "users": users,
+        "constrained_users_per_s": round(users / constrained_s, 2),
+        "unconstrained_users_per_s": round(users / free_s, 2),
+        "unconstrained_invalid_id_rate": round(float((free_ranked == 0).float().mean()), 4),
+        "unconstrained_top1_invalid_rate": round(float((free_ranked[:, 0] == 0).float().mean()), 4),
+        "constrained_invalid_id_rate": round(float((ranked == 0).float().mean()), 4),
+        "constrained_recall@10": round(recall(ranked, 10), 4),
+        "unconstrained_recall@10": round(recall(free_ranked, 10), 4),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000, 64000, 256000])
+    parser.add_argument("--users", type=int, default=256)
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    args = parser.parse_args()
+    started = time.time()
+    payload = {
+        "what": "TIGER beam search (beam 20) users/s: trie-constrained vs unconstrained, vs catalogue size",
+        "num_beams": NUM_BEAMS,
+        "torch_threads": torch.get_num_threads(),
+        "model": "paper-size T5 (4+4 layers, d_model 128, 6x64 heads, MLP 1024), encoder once per user, "
+        "cross-attention K/V shared by a user's beams, self-attention KV cache per beam",
+        "load_avg_start": [round(x, 2) for x in os.getloadavg()],
+        "scaling": scaling(args.sizes, args.users),
+    }
+    if args.checkpoint is not None:
+        payload["trained"] = trained(args.checkpoint, args.users)
+    payload["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
+    path = write_result("tiger_beam_search", payload, started)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

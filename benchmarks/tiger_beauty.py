@@ -1,0 +1,133 @@
+"""TIGER on Amazon Beauty within a stated CPU budget: Recall/NDCG@5/10 on the full test split (22,363 users, beam
+20 constrained to real items), with the Semantic-ID stage's collision rate and codebook usage.
+
+The recipe is ``tiger_beauty`` with the overrides in ``CPU_BUDGET`` (a smaller T5 than the paper's, so that a
+few epochs fit the budget on a shared 2-core machine) and ``trainer.max_time`` = the budget; validation runs on
+the first ``VAL_USERS`` users every ``TRAIN_FRACTION`` of an epoch and the best validation checkpoint is tested.
+The embeddings and Semantic IDs are cached under ``benchmarks/.cache/tiger`` (computed on the first run).
+
+    ZOO_DATA_DIR=../shared/datasets python benchmarks/tiger_beauty.py [--budget-min 40] [key=value ...]
+
+Writes ``benchmarks/results/tiger_beauty_cpu.json`` with the stage, fit and test wall times, the load average
+(the machine is shared by several jobs) and the paper's numbers beside ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from benchmarks.common import write_result  # noqa: E402
+from zoo.config import compose  # noqa: E402
+
+PAPER = {"test/recall@5": 0.0454, "test/ndcg@5": 0.0321, "test/recall@10": 0.0648, "test/ndcg@10": 0.0384}
+VAL_USERS = 1024
+TRAIN_FRACTION = 0.25  # one "epoch" of the trainer = a quarter of the training examples (reshuffled each time)
+CPU_BUDGET = [
+    "model.num_encoder_layers=2",
+    "model.num_decoder_layers=2",
+    "model.num_heads=4",
+    "model.d_kv=32",
+    "model.d_ff=512",
+    "model.rqvae.epochs=400",
+    "model.rqvae.eval_every=50",
+    "data.batch_size=128",
+    "data.eval_batch_size=128",
+    "optim.lr=0.002",
+    "optim.warmup_steps=300",
+    f"trainer.limit_train_batches={TRAIN_FRACTION}",
+    "trainer.limit_val_batches=0.046",  # 8 of the 175 validation batches of 128 users (the schema takes fractions)
+    "trainer.check_val_every_n_epoch=1",
+    "trainer.early_stopping_patience=8",
+    "trainer.max_epochs=1000",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--budget-min", type=int, default=40, help="wall-clock minutes for fit (train + validation)")
+    parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parent / ".cache" / "tiger"))
+    parser.add_argument("--run-root", default=str(Path(__file__).resolve().parent / ".cache" / "runs"))
+    parser.add_argument("overrides", nargs="*", help="extra dotted key=value overrides")
+    args = parser.parse_args()
+
+    import lightning as L
+
+    from zoo.data import SequentialDataModule
+    from zoo.models.tiger import Tiger
+    from zoo.run import RUN_DIR_ENV, resolve_run_dir
+    from zoo.trainer import build_trainer
+
+    hours, minutes = divmod(args.budget_min, 60)
+    overrides = [
+        *CPU_BUDGET,
+        f"trainer.max_time=00:{hours:02d}:{minutes:02d}:00",
+        f"model.cache_dir={args.cache_dir}",
+        f"run_root={args.run_root}",
+        *args.overrides,
+    ]
+    cfg = compose("tiger_beauty", overrides)
+    started = time.time()
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir = resolve_run_dir(cfg)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+
+    datamodule = SequentialDataModule(cfg.data, seed=cfg.seed)
+    model = Tiger(cfg, datamodule)
+    datamodule.connect(model.data_spec())
+    t0 = time.time()
+    model.prepare(datamodule)  # embeddings + RQ-VAE + Semantic IDs (cached)
+    stage_s = time.time() - t0
+    trainer = build_trainer(cfg, model, run_dir)
+    t0 = time.time()
+    trainer.fit(model, datamodule=datamodule)
+    fit_s = time.time() - t0
+    load_after_fit = [round(x, 2) for x in os.getloadavg()]
+    best = trainer.checkpoint_callback.best_model_path
+    t0 = time.time()
+    trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    test_s = time.time() - t0
+    metrics = dict(model.test_results)
+
+    ours = {k: round(metrics[k], 4) for k in PAPER}
+    payload = {
+        "what": "TIGER on Amazon Beauty (full test split, beam 20 constrained to real items) within a CPU budget",
+        "budget": f"{args.budget_min} min wall-clock of fit (train + validation on {VAL_USERS} users) on the shared "
+        f"{os.cpu_count()}-core CPU machine",
+        "metrics": {k: round(v, 6) for k, v in metrics.items()},
+        "paper": PAPER,
+        "ratio_to_paper": {k: round(ours[k] / PAPER[k], 3) for k in PAPER},
+        "train_steps": int(trainer.global_step),
+        "train_examples_seen": int(trainer.global_step) * cfg.data.batch_size,
+        "train_examples_per_epoch": len(datamodule.examples("train")),
+        "best_checkpoint": best,
+        "best_val_ndcg@10": float(trainer.checkpoint_callback.best_model_score or float("nan")),
+        "num_parameters": sum(p.numel() for p in model.t5.parameters()),
+        "stage_s": round(stage_s, 1),
+        "fit_s": round(fit_s, 1),
+        "test_s": round(test_s, 1),
+        "test_users_per_s": round(len(datamodule.examples("test")) / test_s, 2),
+        "load_avg_start": load_start,
+        "load_avg_after_fit": load_after_fit,
+        "load_avg_end": [round(x, 2) for x in os.getloadavg()],
+        "torch_threads": __import__("torch").get_num_threads(),
+        "overrides": overrides,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "run_dir": str(run_dir),
+    }
+    path = write_result("tiger_beauty_cpu", payload, started)
+    print({k: payload[k] for k in ("metrics", "fit_s", "test_s", "train_steps")})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
