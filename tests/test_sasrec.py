@@ -173,6 +173,40 @@ def test_sequence_mode_loss_equals_mean_of_per_prefix_losses():
     assert float(sequence_loss) == pytest.approx(per_prefix / count, rel=1e-4)
 
 
+@pytest.mark.parametrize("max_len", [4, 5])
+def test_training_windows_train_every_target_once_with_context(max_len):
+    model, _ = make_model([f"data.max_len={max_len}", "model.train_len=13"])
+    assert model.data_spec().max_len == 13
+    lengths = [13, 9, 3, 1]
+    history = torch.zeros(len(lengths), 13, dtype=torch.long)
+    targets = torch.zeros_like(history)
+    for row, n in enumerate(lengths):
+        history[row, 13 - n :] = torch.randint(1, 13, (n,))
+        targets[row, 13 - n :] = 100 * row + torch.arange(13 - n, 13) + 1  # a unique id per (row, column)
+    windows, window_targets = model.training_windows(history, targets)
+    assert windows.shape[1] == max_len
+    kept = window_targets[window_targets != 0]
+    assert sorted(kept.tolist()) == sorted(targets[targets != 0].tolist())  # each target exactly once
+    stride = max_len // 2
+    for window, row_targets in zip(windows, window_targets):
+        for col in torch.nonzero(row_targets).flatten().tolist():
+            row, column = divmod(int(row_targets[col]) - 1, 100)
+            available = int((history[row, : column + 1] != 0).sum())
+            context = int((window[: col + 1] != 0).sum())
+            assert context >= min(max_len - stride + 1, available)
+            assert torch.equal(window[col], history[row, column])
+
+
+def test_long_rows_train_in_windows_and_evaluate_on_the_last_max_len_items():
+    corpus = Corpus.from_sequences("long", [[(u + t) % 12 + 1 for t in range(30)] for u in range(6)], num_items=12)
+    model, datamodule = make_model(["model.train_len=28"], corpus=corpus)
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["history"].shape[1] == 28
+    assert torch.isfinite(model.compute_loss(batch))
+    val = next(iter(datamodule.val_dataloader()))
+    assert torch.allclose(model.user_state(val), model.user_state({"history": val["history"][:, -8:]}))
+
+
 @pytest.mark.parametrize("loss", ["ce", "bce", "bpr", "sampled_softmax"])
 def test_every_item_loss_trains_sasrec(loss):
     model, datamodule = make_model([f"loss.name={loss}"])

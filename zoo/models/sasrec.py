@@ -3,7 +3,11 @@ embeddings. The ID baseline of the zoo, PALR's retriever (:func:`export_candidat
 collaborative encoder (:meth:`SASRec.item_embeddings`, :meth:`SASRec.user_states`).
 
 Trains in ``sequence`` mode: one row per user, the loss at every non-padded position (the next item of each
-prefix), which supervises the same (prefix -> next item) pairs as one example per prefix in a single pass. Any
+prefix), which supervises the same (prefix -> next item) pairs as one example per prefix in a single pass. A
+training part longer than ``data.max_len`` would lose its older pairs (MovieLens users have hundreds of items):
+with ``model.train_len`` > ``data.max_len`` the row keeps its last ``train_len`` items and is cut into overlapping
+windows of ``max_len`` (stride ``max_len // 2``) in which every pair is trained exactly once, with at least half a
+window of context, close to RecBole's one example per prefix at a fraction of its cost. Any
 ``item`` loss of the registry plugs in (``ce`` full softmax, ``bce``, ``bpr``, ``sampled_softmax``): the model is
 their :class:`zoo.losses.ItemScorer`.
 """
@@ -15,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from zoo.data.candidates import save_candidates
 from zoo.data.datamodule import DataSpec, ExampleDataset, Examples, SequentialDataModule
@@ -36,6 +41,7 @@ class SASRecConfig(ModelConfig):
     activation: str = "gelu"  # gelu | relu
     layer_norm_eps: float = 1e-12
     init_std: float = 0.02
+    train_len: int = 0  # most recent items of a training row (0 = data.max_len); longer rows are cut in windows
     export_candidates_k: int = 0  # > 0: write <run_dir>/candidates.npz (top-k per user) after testing
 
 
@@ -50,6 +56,9 @@ class SASRec(RecModel):
         if m.export_candidates_k < 0 or m.export_candidates_k > self.num_items:
             raise ConfigError(f"model.export_candidates_k must be in 0..{self.num_items}, got {m.export_candidates_k}")
         self.max_len = int(cfg.data.max_len)
+        if m.train_len < 0:
+            raise ConfigError(f"model.train_len must be >= 0, got {m.train_len}")
+        self.train_len = max(int(m.train_len), self.max_len)
         self.encoder = SequenceEncoder(
             num_items=self.num_items,
             max_len=self.max_len,
@@ -65,7 +74,7 @@ class SASRec(RecModel):
         )
 
     def data_spec(self) -> DataSpec:
-        return DataSpec(train_mode="sequence", max_len=self.max_len)
+        return DataSpec(train_mode="sequence", max_len=self.train_len)
 
     def prepare(self, datamodule: SequentialDataModule) -> None:
         """Hand the loss the training item counts (used by popularity-sampled softmax; ignored by the others)."""
@@ -86,12 +95,32 @@ class SASRec(RecModel):
         return self.encoder(history[:, -self.max_len :])
 
     def compute_loss(self, batch: dict) -> torch.Tensor:
-        hidden = self.encode(batch["history"])
-        if "targets" in batch:  # sequence mode: the next item at every position
-            targets = batch["targets"][:, -hidden.shape[1] :]
-            positions = targets != 0
-            return self.loss(hidden[positions], targets[positions], self)
-        return self.loss(hidden[:, -1], batch["target"], self)  # one target per row (sources with fixed splits)
+        if "targets" not in batch:  # one target per row (sources with fixed splits)
+            return self.loss(self.encode(batch["history"])[:, -1], batch["target"], self)
+        history, targets = batch["history"], batch["targets"]  # sequence mode: the next item at every position
+        if history.shape[1] > self.max_len:
+            history, targets = self.training_windows(history, targets)
+        hidden = self.encoder(history)
+        positions = targets != 0
+        return self.loss(hidden[positions], targets[positions], self)
+
+    def training_windows(self, history: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cut rows longer than ``max_len`` into windows of ``max_len`` with stride ``max_len // 2``.
+
+        A window's targets are kept in its last ``stride`` columns only (the first window keeps all), so every
+        target of a row is trained in exactly one window and sees at least ``max_len - stride`` items of context
+        (or all of its history). Windows left without targets are dropped. Returns [W, max_len] ids and targets.
+        """
+        length, stride = self.max_len, max(self.max_len // 2, 1)
+        pad = -(history.shape[1] - length) % stride
+        history = F.pad(history, (pad, 0))
+        targets = F.pad(targets, (pad, 0))
+        windows = history.unfold(1, length, stride).reshape(-1, length)
+        window_targets = targets.unfold(1, length, stride).clone()
+        window_targets[:, 1:, : length - stride] = 0  # trained in the previous window
+        window_targets = window_targets.reshape(-1, length)
+        keep = (window_targets != 0).any(dim=1)
+        return windows[keep], window_targets[keep]
 
     def user_state(self, batch: dict) -> torch.Tensor:
         return self.encode(batch["history"])[:, -1]
