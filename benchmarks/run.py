@@ -14,6 +14,7 @@ Arguments (key=value): ``methods`` and ``datasets`` (comma-separated, required),
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -159,15 +160,19 @@ def settings_of(config: dict, threads: int | None) -> dict:
     return {"config": kept, "threads": threads}
 
 
-def _epochs_run(run_dir: Path) -> dict[str, int] | None:
-    """Epochs and optimiser steps actually run, read from the run's last checkpoint (None: nothing trained)."""
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    if not ckpt.is_file():
+def epochs_run(run_dir: Path) -> dict[str, int] | None:
+    """Training progress read from the run's CSV log (written by the csv and wandb loggers): ``epochs`` = epochs
+    that reached validation (an epoch cut short by the time cap does not count), ``steps`` = last logged
+    optimiser step + 1 (exact at validation, else at the logging interval). None when nothing was trained."""
+    log = run_dir / "logs" / "csv" / "metrics.csv"
+    if not log.is_file():
         return None
-    import torch
-
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    return {"epochs": int(state.get("epoch", -1)) + 1, "steps": int(state.get("global_step", 0))}
+    with log.open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if not any(r.get(k) for k in r if k.startswith("test/"))]
+    validated = [int(r["epoch"]) for r in rows if any(r.get(k) for k in r if k.startswith("val/"))]
+    if not rows:
+        return None
+    return {"epochs": 1 + max(validated, default=-1), "steps": 1 + max(int(r["step"]) for r in rows)}
 
 
 def run_cell(args: GridArgs, method: str, dataset: str) -> Path:
@@ -197,7 +202,7 @@ def run_cell(args: GridArgs, method: str, dataset: str) -> Path:
         "overrides": overrides,
         "command": f"python -m benchmarks.run methods={method} datasets={dataset} budget={args.budget}",
         "metrics": metrics,
-        "training": _epochs_run(Path(cfg.run_dir)),
+        "training": epochs_run(Path(cfg.run_dir)),
         "run_dir": str(cfg.run_dir),
         "budget_threads": budgets[args.budget].get("threads"),
         "load_avg_1m_start": load_start,

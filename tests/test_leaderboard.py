@@ -263,6 +263,18 @@ def test_run_cell_writes_a_complete_result(tmp_path: Path) -> None:
     assert lb_run.plan(args) == [("pop", "ml100k", "todo")]
 
 
+def test_epochs_run_counts_validated_epochs_from_the_csv_log(tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "csv" / "metrics.csv"
+    log.parent.mkdir(parents=True)
+    log.write_text(
+        "epoch,step,train/loss,val/ndcg@10,test/ndcg@10\n"
+        "0,49,5.0,,\n0,87,,0.01,\n1,99,4.0,,\n1,175,,0.02,\n2,199,3.5,,\n"  # epoch 2 cut by the time cap
+        "2,199,,,0.015\n"
+    )
+    assert lb_run.epochs_run(tmp_path) == {"epochs": 2, "steps": 200}
+    assert lb_run.epochs_run(tmp_path / "missing") is None
+
+
 @pytest.mark.slow
 def test_grid_command_end_to_end_and_resume(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "benchmarks.run", "methods=pop", "datasets=ml100k", "budget=smoke"]
