@@ -16,13 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from zoo.data.corpus import Corpus
-from zoo.data.datamodule import BatchIndexSampler
+from zoo.data.datamodule import ShardedDataModule
 from zoo.data.loading import load_corpus
 from zoo.errors import DataError
 
@@ -125,7 +124,7 @@ class CTRDataset(Dataset):
         }
 
 
-class CTRDataModule(L.LightningDataModule):
+class CTRDataModule(ShardedDataModule):
     """Train / val / test loaders of the CTR view of ``cfg`` (a ``DataConfig``; the corpus is loaded and cached
     as for the sequential DataModule). ``max_history`` defaults to ``data.max_len``."""
 
@@ -139,8 +138,8 @@ class CTRDataModule(L.LightningDataModule):
         max_history: int | None = None,
         threshold: float = 3.0,
     ) -> None:
-        super().__init__()
-        self.cfg, self.seed, self.threshold = cfg, seed, threshold
+        super().__init__(cfg, seed)
+        self.threshold = threshold
         self.corpus = corpus if corpus is not None else load_corpus(cfg)
         self.features = ctr_features(self.corpus, user_fields, item_fields)
         self.max_history = max_history if max_history is not None else cfg.max_len
@@ -159,25 +158,5 @@ class CTRDataModule(L.LightningDataModule):
             self._datasets[split] = CTRDataset(self.corpus, self.features, split, self.max_history, self.threshold)
         return self._datasets[split]
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        dataset = self.dataset(split)
-        trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        batch_size = self.cfg.batch_size if train else self.cfg.eval_batch_size
-        sampler = BatchIndexSampler(len(dataset), batch_size, shuffle=train, seed=self.seed, rank=rank, world=world)
-        return DataLoader(
-            dataset,
-            sampler=sampler,
-            batch_size=None,
-            num_workers=self.cfg.num_workers,
-            persistent_workers=self.cfg.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+    def batch_dataset(self, split: str, train: bool) -> CTRDataset:
+        return self.dataset(split)

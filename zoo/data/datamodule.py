@@ -121,11 +121,46 @@ class BatchIndexSampler(Sampler):
         return (len(self._indices()) + self.batch_size - 1) // self.batch_size
 
 
-class SequentialDataModule(L.LightningDataModule):
-    def __init__(self, cfg, seed: int = 42, corpus: Corpus | None = None) -> None:
+class ShardedDataModule(L.LightningDataModule):
+    """Loaders over datasets that build whole batches from index lists (``dataset[list_of_indices]``), sharded
+    by :class:`BatchIndexSampler` under DDP. Subclasses supply ``batch_dataset(split, train)``; ``cfg`` needs
+    ``batch_size``, ``eval_batch_size`` and ``num_workers``."""
+
+    def __init__(self, cfg, seed: int = 42) -> None:
         super().__init__()
         self.cfg = cfg
         self.seed = seed
+
+    def batch_dataset(self, split: str, train: bool) -> Dataset:
+        raise NotImplementedError
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        dataset = self.batch_dataset(split, train)
+        trainer = getattr(self, "trainer", None)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        batch_size = self.cfg.batch_size if train else self.cfg.eval_batch_size
+        sampler = BatchIndexSampler(len(dataset), batch_size, shuffle=train, seed=self.seed, rank=rank, world=world)
+        return DataLoader(
+            dataset,
+            sampler=sampler,
+            batch_size=None,
+            num_workers=self.cfg.num_workers,
+            persistent_workers=self.cfg.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+
+class SequentialDataModule(ShardedDataModule):
+    def __init__(self, cfg, seed: int = 42, corpus: Corpus | None = None) -> None:
+        super().__init__(cfg, seed)
         self.corpus = corpus if corpus is not None else load_corpus(cfg)
         self.spec = DataSpec()
         self._examples: dict[str, Examples] = {}
@@ -242,30 +277,10 @@ class SequentialDataModule(L.LightningDataModule):
         return flat, offsets
 
     # -- loaders --------------------------------------------------------------------------------------------
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def batch_dataset(self, split: str, train: bool) -> Dataset:
         ex = self.examples(split)
-        trainer = getattr(self, "trainer", None)
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-        batch_size = self.cfg.batch_size if train else self.cfg.eval_batch_size
-        sampler = BatchIndexSampler(len(ex), batch_size, shuffle=train, seed=self.seed, rank=rank, world=world)
         sequence_targets = train and self.spec.train_mode == "sequence" and not self.corpus.fixed_splits
-        dataset = ExampleDataset(ex, self.max_len, sequence_targets, self.spec.transform)
-        return DataLoader(
-            dataset,
-            sampler=sampler,
-            batch_size=None,
-            num_workers=self.cfg.num_workers,
-            persistent_workers=self.cfg.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
+        return ExampleDataset(ex, self.max_len, sequence_targets, self.spec.transform)
 
 
 def sample_candidates(
