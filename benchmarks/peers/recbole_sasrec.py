@@ -6,8 +6,9 @@ dropout 0.5/0.5, GELU), same loss (full softmax CE), Adam lr 1e-3, full ranking 
 stopping on validation NDCG@10. What differs is how each trains: RecBole makes one example per prefix (about 97k
 rows; a step is 256 of them, ~380 steps an epoch), the zoo one row per user with the loss at every position (943
 rows; the recipe's ``train_len: 300`` cuts long histories into windows so that 95% of RecBole's pairs are trained;
-a step is ``--zoo-batch-size`` users). RecBole runs in its own venv (it does not import under numpy 2), as a subprocess running this
-same file with ``--recbole-worker``; its epochs are capped (``--recbole-epochs``) to fit the time budget.
+a step is ``--zoo-batch-size`` users). RecBole runs in its own venv (it does not import under numpy 2), as a
+subprocess running this same file with ``--recbole-worker``; its epochs are capped (``--recbole-epochs``) to fit
+the time budget.
 
 Writes ``benchmarks/results/peer_sasrec_ml100k.json``: per side, per seed time per epoch, wall time to the best
 validation NDCG@10, test Recall@10 / NDCG@10; mean and standard deviation over seeds; and how many test targets
