@@ -112,7 +112,7 @@ class LLMRec(RecModel):
         logits = self.backbone(batch["input_ids"], batch["attention_mask"], predicts)
         loss = self.loss(logits.unsqueeze(0), labels[:, 1:][predicts[:, :-1]].unsqueeze(0))
         tau = getattr(self.loss, "tau", None)
-        if isinstance(tau, torch.Tensor):
+        if isinstance(tau, torch.Tensor) and self._trainer is not None:
             self.log("train/tau", tau, batch_size=len(labels))
         return loss
 

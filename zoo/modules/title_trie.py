@@ -63,7 +63,6 @@ class TitleTrie:
         self.quoted = quoted
         self.sequences = [[]] + [q + [self.eos_token_id] for q in quoted[1:]]
         self.trie = ItemTrie(self.sequences[1:], vocab_size=self.vocab_size)
-        self.max_length = max((len(s) for s in self.sequences), default=0)
 
     @property
     def num_items(self) -> int:
