@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from benchmarks.common import write_result
 from zoo.config import compose
-from zoo.run import RUN_DIR_ENV, run
+from zoo.run import run
 
 RECIPES = {"ce": "sasrec_beauty", "bce": "sasrec_bce_beauty"}
 PAPER = {  # TIGER paper Table 1, SASRec trained as in S3-Rec (BCE)
@@ -50,20 +50,22 @@ def validation_curve(run_dir: Path) -> list[float]:
 
 
 def run_one(loss: str, max_minutes: float, seed: int, run_root: Path, extra: list[str]) -> Path:
-    started = time.time()
-    overrides = [f"seed={seed}", "trainer.enable_progress_bar=false", f"run_root={run_root}", *extra]
+    """Train and test one recipe, then record it."""
+    overrides = [f"seed={seed}", "trainer.enable_progress_bar=false", *extra]
     if max_minutes > 0:
         minutes = int(max_minutes)
         overrides.append(f"trainer.max_time=00:{minutes // 60:02d}:{minutes % 60:02d}:00")
-    cfg = compose(RECIPES[loss], overrides)
-    os.environ.pop(RUN_DIR_ENV, None)
-    try:
-        metrics = run(cfg)
-        run_dir = Path(os.environ[RUN_DIR_ENV])
-    finally:
-        os.environ.pop(RUN_DIR_ENV, None)
+    run_dir = run_root / RECIPES[loss] / time.strftime("%Y%m%d-%H%M%S")
+    cfg = compose(RECIPES[loss], [*overrides, f"run_dir={run_dir}"])
+    run(cfg)
+    return record(loss, run_dir, max_minutes)
+
+
+def record(loss: str, run_dir: Path, max_minutes: float, note: str = "") -> Path:
+    """Write ``sasrec_beauty_<loss>.json`` from a finished run directory (config.yaml, metrics.json, CSV log)."""
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
     curve = validation_curve(run_dir)
-    stopped_early = len(curve) < cfg.trainer.max_epochs
     payload = {
         "method": "sasrec",
         "dataset": "beauty",
@@ -77,13 +79,16 @@ def run_one(loss: str, max_minutes: float, seed: int, run_root: Path, extra: lis
         "best_epoch": curve.index(max(curve)) + 1 if curve else None,
         "val_ndcg@10_per_epoch": curve,
         "training_capped_minutes": max_minutes if max_minutes > 0 else None,
-        "stopped_by": "early stopping or time cap" if stopped_early else "max_epochs",
+        "stopped_by": "max_epochs" if len(curve) >= cfg.trainer.max_epochs else "early stopping or time cap",
         "torch_threads": torch.get_num_threads(),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "run_dir": str(run_dir),
-        "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
+        "wall_time_s": metrics["time/total_s"],
+        "load_avg_1m_at_record": round(os.getloadavg()[0], 2),
     }
-    return write_result(f"sasrec_beauty_{loss}", payload, started)
+    if note:
+        payload["note"] = note
+    return write_result(f"sasrec_beauty_{loss}", payload)
 
 
 def time_steps(batch_size: int, group_rows: int, batches: int, loss: str) -> list[float]:
@@ -150,6 +155,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--run-root", type=Path, default=Path("runs") / "benchmarks")
+    parser.add_argument("--record", type=Path, default=None, help="only record a finished run directory (one loss)")
+    parser.add_argument("--note", default="", help="with --record: a note kept in the result")
     parser.add_argument("--speed", action="store_true", help="time training steps instead (length grouping off/on)")
     parser.add_argument("--speed-batches", type=int, default=5)
     parser.add_argument("overrides", nargs="*", help="extra dotted.key=value overrides for both recipes")
@@ -159,6 +166,9 @@ def main() -> None:
     os.environ.setdefault("ZOO_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
     if args.speed:
         print(f"wrote {speed(args.speed_batches)}", flush=True)
+        return
+    if args.record is not None:
+        print(f"wrote {record(args.losses[0], args.record, args.max_minutes, args.note)}", flush=True)
         return
     for loss in args.losses:
         print(f"wrote {run_one(loss, args.max_minutes, args.seed, args.run_root, args.overrides)}", flush=True)
