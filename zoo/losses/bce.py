@@ -7,9 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zoo.errors import ConfigError
-from zoo.losses.base import Loss, LossConfig
-from zoo.losses.sampling import uniform_negatives
+from zoo.losses.base import LossConfig
+from zoo.losses.sampling import UniformNegativesLoss
 from zoo.registry import LOSSES
 
 
@@ -20,7 +19,7 @@ class BCEConfig(LossConfig):
 
 
 @LOSSES.register("bce")
-class BinaryCrossEntropy(Loss):
+class BinaryCrossEntropy(UniformNegativesLoss):
     """Per position: ``-log sigmoid(s_target) - sum_j log(1 - sigmoid(s_neg_j))``, averaged over positions.
 
     Negatives are drawn uniformly from all items except the target (fresh each step). S3-Rec instead excludes
@@ -29,15 +28,8 @@ class BinaryCrossEntropy(Loss):
     """
 
     Config = BCEConfig
-    kind = "item"
-
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
-        if cfg.num_negatives < 1:
-            raise ConfigError(f"loss.num_negatives must be >= 1, got {cfg.num_negatives}")
 
     def forward(self, hidden: torch.Tensor, targets: torch.Tensor, scorer) -> torch.Tensor:
-        negatives = uniform_negatives(targets, self.cfg.num_negatives, scorer.num_items)
-        logits = scorer.score_items(hidden, torch.cat([targets.view(-1, 1), negatives], dim=1)).float()
+        logits = self.target_and_negative_logits(hidden, targets, scorer)
         per_position = -F.logsigmoid(logits[:, 0]) - F.logsigmoid(-logits[:, 1:]).sum(dim=1)
         return per_position.mean()

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from zoo.errors import ConfigError
+from zoo.losses.base import Loss
 
 
 def uniform_negatives(targets: torch.Tensor, num_negatives: int, num_items: int) -> torch.Tensor:
@@ -58,3 +59,19 @@ class PopularitySampler(nn.Module):
     def log_q(self, items: torch.Tensor) -> torch.Tensor:
         """Log sampling probability of each item id (any shape)."""
         return self.log_probs[items]
+
+
+class UniformNegativesLoss(Loss):
+    """Base of losses that score each target against ``cfg.num_negatives`` uniform negatives (bce, bpr)."""
+
+    kind = "item"
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        if cfg.num_negatives < 1:
+            raise ConfigError(f"loss.num_negatives must be >= 1, got {cfg.num_negatives}")
+
+    def target_and_negative_logits(self, hidden: torch.Tensor, targets: torch.Tensor, scorer) -> torch.Tensor:
+        """[N, 1 + num_negatives] float32 logits: column 0 the target, then fresh uniform negatives."""
+        negatives = uniform_negatives(targets, self.cfg.num_negatives, scorer.num_items)
+        return scorer.score_items(hidden, torch.cat([targets.view(-1, 1), negatives], dim=1)).float()
