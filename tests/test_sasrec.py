@@ -29,6 +29,7 @@ TINY = [
     "model.dropout=0.0",
     "model.attn_dropout=0.0",
     "data.max_len=8",
+    "model.train_len=0",
     "data.batch_size=16",
     "data.eval_batch_size=32",
     "trainer.enable_progress_bar=false",
