@@ -141,7 +141,8 @@ def _hardware(cell: dict) -> str:
     hw = cell.get("hardware") or {}
     device = hw.get("cuda") or f"{hw.get('cpu_count', '?')} CPU"
     if cell.get("torch_threads"):
-        device += f" ({cell['torch_threads']} threads)"
+        threads = cell["torch_threads"]
+        device += f" ({threads} thread{'s' if threads != 1 else ''})"
     start, end = cell.get("load_avg_1m_start"), hw.get("load_avg_1m")
     load = f", load {start}→{end}" if start is not None else f", load {end}"
     return device + load
