@@ -10,6 +10,10 @@ The embeddings and Semantic IDs are cached under ``benchmarks/.cache/tiger`` (co
 
 Writes ``benchmarks/results/tiger_beauty_cpu.json`` with the stage, fit and test wall times, the load average
 (the machine is shared by several jobs) and the paper's numbers beside ours.
+
+``--paper-probe`` instead times the paper-size model (``tiger_beauty`` as shipped: 4+4 layers, MLP 1024, batch
+256) for a few training steps and a few hundred test users on real Beauty batches and extrapolates to the paper's
+200k steps and the full test split (``tiger_beauty_paper_probe.json``): what a paper-scale run costs here.
 """
 
 from __future__ import annotations
@@ -51,13 +55,87 @@ CPU_BUDGET = [
 ]
 
 
+def paper_probe(args) -> None:
+    """Seconds per training step and test users per second of the paper-size TIGER on Beauty batches, with each
+    batch run whole (``model.length_groups=1``) and as 4 groups of similar length (the default)."""
+    import torch
+
+    from zoo.data import SequentialDataModule
+    from zoo.models.tiger import Tiger
+
+    started = time.time()
+    steps, users = 5, 256
+    base = [
+        f"model.cache_dir={args.cache_dir}",
+        "model.rqvae.epochs=400",
+        "model.rqvae.eval_every=50",
+        f"run_root={args.run_root}",
+        *args.overrides,
+    ]
+    timings = {}
+    for groups in (1, 4):
+        cfg = compose("tiger_beauty", [*base, f"model.length_groups={groups}"])
+        datamodule = SequentialDataModule(cfg.data, seed=cfg.seed)
+        torch.manual_seed(cfg.seed)
+        model = Tiger(cfg, datamodule)
+        datamodule.connect(model.data_spec())
+        model.prepare(datamodule)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
+        model.train()
+        step_s = []
+        for i, batch in enumerate(datamodule.train_dataloader()):  # the same batches for both settings
+            if i > steps:
+                break
+            t0 = time.perf_counter()
+            loss = model.compute_loss(batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if i:  # the first step warms up allocators
+                step_s.append(round(time.perf_counter() - t0, 3))
+        model.eval()
+        seen, t0 = 0, time.perf_counter()
+        for batch in datamodule.test_dataloader():
+            model.rank(batch, cfg.eval.num_beams)
+            seen += len(batch["target"])
+            if seen >= users:
+                break
+        decode_s = time.perf_counter() - t0
+        per_step = sum(step_s) / len(step_s)
+        test_users = len(datamodule.examples("test"))
+        timings[f"length_groups={groups}"] = {
+            "train_s_per_step": step_s,
+            "mean_train_s_per_step": round(per_step, 3),
+            "train_examples_per_s": round(cfg.data.batch_size / per_step, 1),
+            "extrapolated_train_hours_200k_steps": round(200000 * per_step / 3600, 1),
+            "test_users_timed": seen,
+            "test_users_per_s": round(seen / decode_s, 2),
+            "extrapolated_full_test_minutes": round(test_users / (seen / decode_s) / 60, 1),
+            "load_avg": [round(x, 2) for x in os.getloadavg()],
+        }
+        print(groups, timings[f"length_groups={groups}"], flush=True)
+    payload = {
+        "what": "paper-size TIGER (4+4 layers, d_model 128, 6x64 heads, MLP 1024, batch 256) timed on real Beauty "
+        "batches on this CPU, extrapolated to the paper's 200k steps and the full test split",
+        "timings": timings,
+        "torch_threads": torch.get_num_threads(),
+        "num_parameters": sum(p.numel() for p in model.t5.parameters()),
+    }
+    path = write_result("tiger_beauty_paper_probe", payload, started)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budget-min", type=int, default=40, help="wall-clock minutes for fit (train + validation)")
     parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parent / ".cache" / "tiger"))
     parser.add_argument("--run-root", default=str(Path(__file__).resolve().parent / ".cache" / "runs"))
+    parser.add_argument("--paper-probe", action="store_true", help="time the paper-size model instead (see above)")
     parser.add_argument("overrides", nargs="*", help="extra dotted key=value overrides")
     args = parser.parse_args()
+    if args.paper_probe:
+        paper_probe(args)
+        return
 
     import lightning as L
 

@@ -101,8 +101,8 @@ def small_corpus(num_items: int = 12, num_users: int = 9) -> Corpus:
     return Corpus.from_sequences("small", sequences, num_items=num_items)
 
 
-def tiger_on(corpus: Corpus, tmp_path: Path) -> tuple[Tiger, SequentialDataModule]:
-    cfg = compose("tiger_ml100k", [f"run_root={tmp_path}", "data.eval_batch_size=4", *TINY_MODEL])
+def tiger_on(corpus: Corpus, tmp_path: Path, *overrides: str) -> tuple[Tiger, SequentialDataModule]:
+    cfg = compose("tiger_ml100k", [f"run_root={tmp_path}", "data.eval_batch_size=4", *TINY_MODEL, *overrides])
     datamodule = SequentialDataModule(cfg.data, corpus=corpus)
     model = Tiger(cfg, datamodule)
     datamodule.connect(model.data_spec())
@@ -122,6 +122,43 @@ def test_rank_returns_only_real_distinct_items(tmp_path):
         real = [i for i in row if i]
         assert len(real) == 12 and sorted(real) == list(range(1, 13))  # every item once, then empty slots
         assert row[12:] == [0] * 8
+
+
+def test_length_groups_change_nothing_but_the_padding(tmp_path):
+    """Running a batch as groups of similar length gives the same loss and the same ranked lists."""
+    codes = torch.tensor(list(itertools.islice(itertools.product(range(3), range(2), range(2)), 12)))
+    codes = torch.cat([codes, torch.zeros(12, 1, dtype=torch.long)], 1)
+    results = []
+    for groups in (1, 3):
+        torch.manual_seed(0)
+        model, datamodule = tiger_on(small_corpus(), tmp_path, f"model.length_groups={groups}")
+        model.set_semantic_ids(codes)
+        model.eval()
+        train_batch = next(iter(datamodule.train_dataloader()))
+        test_batch = next(iter(datamodule.test_dataloader()))
+        with torch.no_grad():
+            results.append((model.compute_loss(train_batch), model.decode(test_batch, 5)))
+    (loss_one, beams_one), (loss_grouped, beams_grouped) = results
+    torch.testing.assert_close(loss_one, loss_grouped)
+    assert torch.equal(beams_one.items, beams_grouped.items)
+    torch.testing.assert_close(beams_one.scores, beams_grouped.scores)
+
+
+def test_token_losses_from_the_registry_train_on_semantic_ids(tmp_path):
+    """lml (the default) and msl, which reads the Semantic-ID trie handed over in prepare/set_semantic_ids."""
+    codes = torch.tensor(list(itertools.islice(itertools.product(range(3), range(2), range(2)), 12)))
+    codes = torch.cat([codes, torch.zeros(12, 1, dtype=torch.long)], 1)
+    losses = {}
+    for name in ("lml", "msl"):
+        torch.manual_seed(0)
+        model, datamodule = tiger_on(small_corpus(), tmp_path, f"loss.name={name}")
+        model.set_semantic_ids(codes)
+        batch = next(iter(datamodule.train_dataloader()))
+        loss = model.compute_loss(batch)
+        loss.backward()
+        assert torch.isfinite(loss) and model.t5.shared.weight.grad.abs().sum() > 0
+        losses[name] = loss.item()
+    assert losses["lml"] != pytest.approx(losses["msl"])  # msl normalises over the trie's valid codes only
 
 
 def test_semantic_ids_beyond_the_collision_level_are_a_config_error(tmp_path):

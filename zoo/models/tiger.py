@@ -45,6 +45,8 @@ class TigerConfig(SemanticIdConfig):
     relative_attention_max_distance: int = 128
     num_user_tokens: int = 2000  # user index mod this many user tokens
     max_history: int = 20  # items read per example (the most recent ones)
+    length_groups: int = 4  # run each batch as this many groups of similar input length, each padded only to its
+    # own longest row: the same result with far fewer padded tokens (Beauty: median history 4 of 20 items)
 
 
 class SemanticIdInputs:
@@ -232,13 +234,26 @@ class Tiger(RecModel):
         self.set_semantic_ids(tokens[1:] - offsets)
 
     # -- training -----------------------------------------------------------------------------------------------
+    def length_groups(self, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+        """Row indices split into ``model.length_groups`` groups of similar input length (shortest first)."""
+        order = torch.argsort(attention_mask.sum(1), stable=True)
+        return [g for g in torch.tensor_split(order, self.cfg.model.length_groups) if len(g)]
+
     def compute_loss(self, batch: dict) -> torch.Tensor:
-        labels = batch["labels"]
-        logits = self.t5(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            decoder_input_ids=self.t5._shift_right(labels),
-        ).logits
+        labels, mask = batch["labels"], batch["attention_mask"]
+        groups = self.length_groups(mask)
+        parts = []
+        for rows in groups:
+            width = int(mask[rows].sum(1).max())  # inputs are right-padded: trimming the columns changes nothing
+            parts.append(
+                self.t5(
+                    input_ids=batch["input_ids"][rows, :width],
+                    attention_mask=mask[rows, :width],
+                    decoder_input_ids=self.t5._shift_right(labels[rows]),
+                ).logits
+            )
+        order = torch.cat(groups)
+        logits = torch.cat(parts)[torch.argsort(order)]  # back in batch order
         return self.loss(logits, labels)
 
     # -- inference ----------------------------------------------------------------------------------------------
@@ -249,8 +264,21 @@ class Tiger(RecModel):
             raise ConfigError("tiger: Semantic IDs are not set (call prepare first)")
         if self.trie.edge_key.device != self.device:
             self.trie.to(self.device)
-        step = T5StepDecoder(self.t5, batch["input_ids"], batch["attention_mask"])
-        return beam_search(step, self.trie, len(batch["input_ids"]), num_beams, constrained=constrained, pad_token=PAD)
+        mask = batch["attention_mask"]
+        groups = self.length_groups(mask)
+        results = []
+        for rows in groups:
+            width = int(mask[rows].sum(1).max())
+            step = T5StepDecoder(self.t5, batch["input_ids"][rows, :width], mask[rows, :width])
+            results.append(beam_search(step, self.trie, len(rows), num_beams, constrained=constrained, pad_token=PAD))
+        back = torch.argsort(torch.cat(groups))
+        width = max(r.tokens.shape[2] for r in results)
+        tokens = [torch.nn.functional.pad(r.tokens, (0, width - r.tokens.shape[2]), value=PAD) for r in results]
+        return BeamSearchResult(
+            items=torch.cat([r.items for r in results])[back],
+            scores=torch.cat([r.scores for r in results])[back],
+            tokens=torch.cat(tokens)[back],
+        )
 
     def rank(self, batch: dict, k: int) -> torch.Tensor:
         return self.decode(batch, max(k, self.cfg.eval.num_beams)).items[:, :k]
