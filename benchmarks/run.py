@@ -80,7 +80,7 @@ def recipe_cells() -> dict[tuple[str, str], str]:
 
 
 def load_budgets(path: Path = BUDGETS_PATH) -> dict[str, dict]:
-    """The budgets of ``budgets.yaml``: name -> {description, overrides, methods, logger, threads}."""
+    """The budgets of ``budgets.yaml``: name -> {description, overrides, methods, logger, threads, tiny_models}."""
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
@@ -88,7 +88,7 @@ def load_budgets(path: Path = BUDGETS_PATH) -> dict[str, dict]:
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise ConfigError(f"{path}: expected a mapping of budget name -> settings")
     for name, budget in data.items():
-        unknown = set(budget) - {"description", "overrides", "methods", "logger", "threads"}
+        unknown = set(budget) - {"description", "overrides", "methods", "logger", "threads", "tiny_models"}
         if unknown:
             raise ConfigError(f"{path}: budget '{name}' has unknown keys {sorted(unknown)}")
         threads = budget.get("threads")
@@ -109,14 +109,21 @@ def _override(key: str, value: Any) -> str:
 def cell_overrides(
     budgets: dict[str, dict], budget: str, method: str, model_name: str, logger: str | None, run_dir: Path
 ) -> list[str]:
-    """The overrides a cell runs with: budget-wide, then per model name, then per method; logger; run dir."""
+    """The overrides a cell runs with: the model's own tiny ``test_overrides`` (budgets with ``tiny_models``),
+    then budget-wide, per model name and per method overrides; then logger and run dir."""
     spec = budgets[budget]
+    overrides = []
+    if spec.get("tiny_models"):
+        from zoo.registry import MODELS, populate
+
+        populate()
+        overrides += list(getattr(MODELS.get(model_name), "test_overrides", ()))
     layers: list[dict] = [spec.get("overrides") or {}]
     per_method = spec.get("methods") or {}
     layers.append(per_method.get(model_name) or {})
     if method != model_name:
         layers.append(per_method.get(method) or {})
-    overrides = [_override(k, v) for layer in layers for k, v in layer.items()]
+    overrides += [_override(k, v) for layer in layers for k, v in layer.items()]
     logger = logger or spec.get("logger")
     if logger:
         if logger not in LOGGERS:

@@ -14,6 +14,7 @@ import pytest
 from benchmarks import render as lb_render
 from benchmarks import run as lb_run
 from zoo.errors import ConfigError
+from zoo.registry import MODELS
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "leaderboard"
@@ -176,10 +177,14 @@ def test_every_budget_composes_with_every_recipe_cell(tmp_path: Path) -> None:
     """Budgets are data: each one must be valid for every <method>_<dataset> recipe it can be applied to."""
     budgets = lb_run.load_budgets()
     assert {"smoke", "cpu", "gpu"} <= set(budgets)
+    assert budgets["smoke"].get("tiny_models") is True
     for (method, dataset), recipe in lb_run.recipe_cells().items():
         for budget in budgets:
-            cfg, _ = lb_run.compose_cell(_grid(tmp_path, budget=budget), budgets, method, dataset, recipe)
+            cfg, overrides = lb_run.compose_cell(_grid(tmp_path, budget=budget), budgets, method, dataset, recipe)
             assert cfg.recipe == recipe and str(tmp_path) in cfg.run_dir
+            if budget == "smoke":  # each model's own tiny variant comes first
+                tiny = list(getattr(MODELS.get(cfg.model.name), "test_overrides", ()))
+                assert overrides[: len(tiny)] == tiny
 
 
 def test_wandb_logger_offline_in_leaderboard_project(tmp_path: Path) -> None:
