@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from typing import Any
 import yaml
 
 from zoo.errors import ConfigError, ZooError
+from zoo.run import RUN_DIR_ENV
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -99,10 +101,8 @@ def load_budgets(path: Path = BUDGETS_PATH) -> dict[str, dict]:
 
 def _override(key: str, value: Any) -> str:
     """One ``dotted.key=value`` string that OmegaConf parses back to ``value`` (strings stay strings)."""
-    if isinstance(value, str):
-        return f"{key}='{value}'"
-    if isinstance(value, (list, dict)):
-        return f"{key}={json.dumps(value)}"
+    if isinstance(value, (str, list, dict)):
+        return f"{key}={json.dumps(value)}"  # a JSON string is a YAML double-quoted string
     return f"{key}={yaml.safe_dump(value, default_flow_style=True).splitlines()[0]}"
 
 
@@ -188,7 +188,7 @@ def run_cell(args: GridArgs, method: str, dataset: str) -> Path:
     from omegaconf import OmegaConf
 
     from benchmarks.common import write_result
-    from zoo.run import RUN_DIR_ENV, run
+    from zoo.run import run
 
     started = time.time()
     load_start = round(os.getloadavg()[0], 2)
@@ -235,6 +235,8 @@ def plan(args: GridArgs) -> list[tuple[str, str, str]]:
     budgets = load_budgets()
     if args.budget not in budgets:
         raise ConfigError(f"unknown budget '{args.budget}'; valid: {', '.join(budgets)}")
+    if args.logger is not None and args.logger not in LOGGERS:
+        raise ConfigError(f"unknown logger '{args.logger}'; valid: {', '.join(LOGGERS)}")
     cells = recipe_cells()
     valid_methods = sorted({m for m, _ in cells})
     valid_datasets = leaderboard_datasets()
@@ -273,7 +275,7 @@ def run_grid(args: GridArgs) -> int:
             continue
         print(f"[run] {label}", flush=True)
         started = time.time()
-        env = {k: v for k, v in os.environ.items() if k != "ZOO_RUN_DIR"}
+        env = {k: v for k, v in os.environ.items() if k != RUN_DIR_ENV}  # each cell writes its own run dir
         code = subprocess.run(_cell_command(args, method, dataset), cwd=REPO_ROOT, env=env).returncode
         verdict = "ok" if code == 0 else f"FAILED (exit {code})"
         print(f"[{verdict}] {label} in {time.time() - started:.0f} s", flush=True)
@@ -328,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args, cell = parse_args(argv)
         if cell is not None:
+            logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
             print(f"result: {run_cell(args, *cell)}")
             return 0
         return run_grid(args)

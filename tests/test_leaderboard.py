@@ -123,6 +123,7 @@ def test_papers_yaml_matches_methods_md() -> None:
         (["datasets=ml100k"], r"no methods given"),
         (["methods=pop", "epochs=3"], r"unknown argument 'epochs=3'"),
         (["methods=pop", "datasets=ml100k", "force=maybe"], r"force=maybe: expected true or false"),
+        (["methods=pop", "datasets=ml100k", "logger=mlflow"], r"unknown logger 'mlflow'; valid: csv, tensorboard"),
     ],
 )
 def test_bad_grid_arguments_exit_2_with_one_line(argv, expected, capsys) -> None:
@@ -142,17 +143,17 @@ def test_budget_overrides_layer_budget_then_model_then_method() -> None:
     overrides = lb_run.cell_overrides(budgets, "b", "sasrec_bce", "sasrec", "wandb", run_dir)
     assert overrides == [
         "trainer.max_epochs=3",
-        "trainer.max_time='00:00:10:00'",
+        'trainer.max_time="00:00:10:00"',
         "trainer.max_epochs=5",
         "trainer.max_epochs=7",
-        "logger.name='wandb'",
-        "logger.project='zoo-leaderboard'",
-        "logger.group='b'",
-        "run_dir='/tmp/x'",
+        'logger.name="wandb"',
+        'logger.project="zoo-leaderboard"',
+        'logger.group="b"',
+        'run_dir="/tmp/x"',
     ]
     assert lb_run.cell_overrides(budgets, "b", "sasrec", "sasrec", None, run_dir)[2:] == [
         "trainer.max_epochs=5",
-        "run_dir='/tmp/x'",
+        'run_dir="/tmp/x"',
     ]
     with pytest.raises(ConfigError, match="unknown logger 'mlflow'"):
         lb_run.cell_overrides(budgets, "b", "pop", "pop", "mlflow", run_dir)
