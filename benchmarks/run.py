@@ -37,7 +37,7 @@ PAPERS_PATH = BENCH_DIR / "papers.yaml"  # also names the leaderboard datasets
 CELL_KIND = "leaderboard_cell"
 WANDB_PROJECT = "zoo-leaderboard"
 LOGGERS = ("csv", "tensorboard", "wandb", "none")
-VOLATILE_KEYS = ("run_dir", "run_root", "resume", "logger")  # config keys that do not change a cell's numbers
+VOLATILE_KEYS = ("run_dir", "run_root", "resume", "logger", "recipe")  # keys that do not change a cell's numbers
 CELL_ARG = "_cell"  # internal: the grid runs each cell as ``python -m benchmarks.run _cell=METHOD:DATASET ...``
 
 
@@ -161,10 +161,32 @@ def finished_result(path: Path, method: str, dataset: str, budget: str) -> dict 
     return record if complete else None
 
 
-def settings_of(config: dict, threads: int | None) -> dict:
-    """What decides a cell's numbers: its resolved config without where it writes or logs, and its threads."""
-    kept = {k: v for k, v in config.items() if k not in VOLATILE_KEYS}
-    return {"config": kept, "threads": threads}
+def _leaf_paths(tree: dict, prefix: str = "") -> list[str]:
+    paths = []
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        paths += _leaf_paths(value, f"{path}.") if isinstance(value, dict) and value else [path]
+    return paths
+
+
+def _lookup(config: dict, path: str) -> Any:
+    node: Any = config
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return "<unset>"
+        node = node[part]
+    return node
+
+
+def settings_of(config: dict, recipe: str, overrides: list[str], threads: int | None) -> dict:
+    """What a cell's recipe and budget set, read from a resolved ``config``: the value of every key the recipe
+    (with its bases) or the budget's overrides name, and the threads. Two runs of a cell with different settings
+    are different results; code changes (library defaults) are tracked by the git commit instead."""
+    from zoo.config import load_recipe
+
+    paths = _leaf_paths(load_recipe(recipe)) + [o.partition("=")[0] for o in overrides]
+    kept = sorted(p for p in set(paths) if p.split(".")[0] not in VOLATILE_KEYS)
+    return {"config": {p: _lookup(config, p) for p in kept}, "threads": threads}
 
 
 def epochs_run(run_dir: Path) -> dict[str, int] | None:
@@ -229,7 +251,7 @@ def _cell_command(args: GridArgs, method: str, dataset: str) -> list[str]:
 
 def plan(args: GridArgs) -> list[tuple[str, str, str]]:
     """Validate the grid and return every cell as (method, dataset, state): todo | done | stale | no recipe.
-    A stale cell has a result whose config (recipe + budget) differs from today's: it is run again."""
+    A stale cell has a result whose recipe or budget settings differ from today's: it is run again."""
     from omegaconf import OmegaConf
 
     budgets = load_budgets()
@@ -256,9 +278,11 @@ def plan(args: GridArgs) -> list[tuple[str, str, str]]:
             elif record is None:
                 state = "todo"
             else:
-                cfg, _ = compose_cell(args, budgets, method, dataset, cells[(method, dataset)])
-                today = settings_of(OmegaConf.to_container(cfg, resolve=True), budgets[args.budget].get("threads"))
-                then = settings_of(record.get("config") or {}, record.get("budget_threads"))
+                recipe = cells[(method, dataset)]
+                cfg, overrides = compose_cell(args, budgets, method, dataset, recipe)
+                threads = budgets[args.budget].get("threads")
+                today = settings_of(OmegaConf.to_container(cfg, resolve=True), recipe, overrides, threads)
+                then = settings_of(record.get("config") or {}, recipe, overrides, record.get("budget_threads"))
                 state = "done" if today == then else "stale"
             grid.append((method, dataset, state))
     return grid
