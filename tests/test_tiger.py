@@ -18,7 +18,7 @@ from zoo.data.corpus import Corpus
 from zoo.data.datamodule import SequentialDataModule
 from zoo.errors import ConfigError
 from zoo.models.tiger import EOS, SemanticIdInputs, T5StepDecoder, Tiger
-from zoo.modules.text_encoder import item_sentences
+from zoo.modules.text_encoder import item_sentences, load_sentence_encoder
 from zoo.run import main
 
 TINY_MODEL = [
@@ -173,6 +173,12 @@ def test_missing_text_fields_are_a_config_error():
     corpus = small_corpus()
     with pytest.raises(ConfigError, match="none of the text fields"):
         item_sentences(corpus, ["title", "brand"])
+
+
+def test_unknown_text_encoder_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="cannot load sentence encoder"):
+        load_sentence_encoder(str(tmp_path / "no-such-encoder"))
 
 
 def write_tiny_atomic(folder: Path, num_items: int = 40, num_users: int = 30) -> None:
