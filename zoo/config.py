@@ -34,7 +34,6 @@ class DataConfig:
     batch_size: int = 256
     eval_batch_size: int = 512
     num_workers: int = 0
-    num_negatives: int = 1  # sampled negatives per position (bce, bpr, sampled softmax)
     eval_candidates: int = 0  # 0 = full ranking; n = target + (n-1) sampled negatives
     candidates_path: Optional[str] = None  # candidate lists written by a retriever (re-ranking methods)
 

@@ -63,11 +63,15 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
     if cfg.run_dir:
         return Path(cfg.run_dir)
     base = Path(cfg.run_root) / cfg.recipe
+    base.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir, n = base / stamp, 1
-    while run_dir.exists():
-        run_dir, n = base / f"{stamp}-{n}", n + 1
-    return run_dir
+    while True:  # claim the directory atomically: two runs started in the same second get different ones
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            run_dir, n = base / f"{stamp}-{n}", n + 1
 
 
 def resume_checkpoint(cfg: DictConfig) -> str | None:
