@@ -119,6 +119,15 @@ def cycle_corpus(num_items: int = 8, users: int = 64, length: int = 6) -> Corpus
     return corpus
 
 
+@pytest.fixture
+def one_thread():
+    """Training-based tests run single-threaded: the same float reductions, so the same result on any machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def llm_cfg(loss: str = "lml", **extra):
     overrides = [
         "data.name=ml100k",
@@ -172,7 +181,13 @@ def test_each_token_loss_drops_in_by_name(loss) -> None:
 
 @pytest.mark.slow
 def test_msl_ats_run_end_to_end_logs_tau(run_root) -> None:
-    overrides = [*SHRINK, f"run_root={run_root}", "loss.name=msl_ats", "model.tiny_hidden=32"]
+    overrides = [
+        *SHRINK,
+        f"run_root={run_root}",
+        "loss.name=msl_ats",
+        "model.tiny_hidden=32",
+        "trainer.log_every_n_steps=1",
+    ]
     metrics = run(compose("llmrec_ml100k", overrides))
     assert all(math.isfinite(v) for v in metrics.values())
     (run_dir,) = list(run_root.glob("llmrec_ml100k/*"))
@@ -180,9 +195,9 @@ def test_msl_ats_run_end_to_end_logs_tau(run_root) -> None:
 
 
 @pytest.mark.slow
-def test_tiny_llm_learns_a_deterministic_next_title() -> None:
+def test_tiny_llm_learns_a_deterministic_next_title(one_thread) -> None:
     """Trained on the item cycle, the model must rank the true next item first for most test users (a shift or
-    label misalignment anywhere in prompts, logits or decoding would leave it at chance, 1/8). About 7 s of CPU."""
+    label misalignment anywhere in prompts, logits or decoding would leave it at chance, 1/8). About 8 s of CPU."""
     torch.manual_seed(0)
     cfg = llm_cfg(loss="msl")
     dm = SequentialDataModule(cfg.data, seed=0, corpus=cycle_corpus())
@@ -190,14 +205,15 @@ def test_tiny_llm_learns_a_deterministic_next_title() -> None:
     dm.connect(model.data_spec())
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
     model.train()
-    for _ in range(8):
+    for _ in range(10):
         for batch in dm.train_dataloader():
             optimizer.zero_grad()
             model.compute_loss(batch).backward()
             optimizer.step()
     model.eval()
-    batch = next(iter(dm.test_dataloader()))
-    ranked = model.rank(batch, 8)
-    hit_at_1 = (ranked[:, 0] == batch["target"]).float().mean()
-    assert hit_at_1 > 0.8
-    assert all(len(set(r.tolist()) - {0}) == len([i for i in r.tolist() if i]) for r in ranked)  # no duplicates
+    hits = []
+    for batch in dm.test_dataloader():
+        ranked = model.rank(batch, 8)
+        hits.append(ranked[:, 0] == batch["target"])
+        assert all(len(set(r.tolist()) - {0}) == len([i for i in r.tolist() if i]) for r in ranked)  # no duplicates
+    assert torch.cat(hits).float().mean() > 0.8

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_llm_rec import cycle_corpus
+from test_llm_rec import cycle_corpus, one_thread  # noqa: F401  (fixture)
 
 from zoo.config import compose
 from zoo.data import SequentialDataModule
@@ -146,6 +146,7 @@ def test_bad_settings_are_config_errors(tmp_path, overrides, message) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
 def test_tiny_palr_learns_to_pick_the_next_item_among_candidates(tmp_path) -> None:
     """Candidates are random items plus the target; only the cycle rule tells which one comes next."""
     torch.manual_seed(0)
