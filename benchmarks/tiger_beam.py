@@ -123,12 +123,15 @@ def trained(checkpoint: Path, num_users: int) -> dict:
     """Constrained vs unconstrained decoding of a trained tiger run on its own test users."""
     from omegaconf import OmegaConf
 
-    run_dir = checkpoint.parent.parent
-    cfg = OmegaConf.merge(compose("tiger_beauty"), OmegaConf.load(run_dir / "config.yaml"))
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    saved = OmegaConf.create(state["hyper_parameters"]["config"])  # the run's resolved config
+    cfg = OmegaConf.merge(
+        compose("tiger_beauty"),
+        {"model": saved.model, "seed": saved.seed, "data": {"eval_batch_size": saved.data.eval_batch_size}},
+    )
     datamodule = SequentialDataModule(cfg.data, seed=cfg.seed)
     model = Tiger(cfg, datamodule)
     datamodule.connect(model.data_spec())
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     model.on_load_checkpoint(state)
     model.load_state_dict(state["state_dict"])
     model.eval()

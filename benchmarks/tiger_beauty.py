@@ -140,6 +140,7 @@ def main() -> None:
     import lightning as L
 
     from zoo.data import SequentialDataModule
+    from zoo.io import write_text_atomic
     from zoo.models.tiger import Tiger
     from zoo.run import RUN_DIR_ENV, resolve_run_dir
     from zoo.trainer import build_trainer
@@ -158,6 +159,7 @@ def main() -> None:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = resolve_run_dir(cfg)
     os.environ[RUN_DIR_ENV] = str(run_dir)
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
     datamodule = SequentialDataModule(cfg.data, seed=cfg.seed)
     model = Tiger(cfg, datamodule)
