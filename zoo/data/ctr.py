@@ -22,7 +22,6 @@ from torch.utils.data import Dataset
 
 from zoo.data.corpus import Corpus
 from zoo.data.datamodule import ShardedDataModule
-from zoo.data.loading import load_corpus
 from zoo.errors import DataError
 
 MULTI_VALUED_FIELDS = ("genres",)  # whitespace-separated token lists; every other field is one token
@@ -138,20 +137,11 @@ class CTRDataModule(ShardedDataModule):
         max_history: int | None = None,
         threshold: float = 3.0,
     ) -> None:
-        super().__init__(cfg, seed)
+        super().__init__(cfg, seed, corpus)
         self.threshold = threshold
-        self.corpus = corpus if corpus is not None else load_corpus(cfg)
         self.features = ctr_features(self.corpus, user_fields, item_fields)
         self.max_history = max_history if max_history is not None else cfg.max_len
         self._datasets: dict[str, CTRDataset] = {}
-
-    @property
-    def num_items(self) -> int:
-        return self.corpus.num_items
-
-    @property
-    def num_users(self) -> int:
-        return self.corpus.num_users
 
     def dataset(self, split: str) -> CTRDataset:
         if split not in self._datasets:

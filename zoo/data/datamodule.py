@@ -123,13 +123,22 @@ class BatchIndexSampler(Sampler):
 
 class ShardedDataModule(L.LightningDataModule):
     """Loaders over datasets that build whole batches from index lists (``dataset[list_of_indices]``), sharded
-    by :class:`BatchIndexSampler` under DDP. Subclasses supply ``batch_dataset(split, train)``; ``cfg`` needs
-    ``batch_size``, ``eval_batch_size`` and ``num_workers``."""
+    by :class:`BatchIndexSampler` under DDP, over the corpus of ``cfg`` (loaded and cached unless given).
+    Subclasses supply ``batch_dataset(split, train)``; ``cfg`` is a ``DataConfig``."""
 
-    def __init__(self, cfg, seed: int = 42) -> None:
+    def __init__(self, cfg, seed: int = 42, corpus: Corpus | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.seed = seed
+        self.corpus = corpus if corpus is not None else load_corpus(cfg)
+
+    @property
+    def num_items(self) -> int:
+        return self.corpus.num_items
+
+    @property
+    def num_users(self) -> int:
+        return self.corpus.num_users
 
     def batch_dataset(self, split: str, train: bool) -> Dataset:
         raise NotImplementedError
@@ -160,20 +169,11 @@ class ShardedDataModule(L.LightningDataModule):
 
 class SequentialDataModule(ShardedDataModule):
     def __init__(self, cfg, seed: int = 42, corpus: Corpus | None = None) -> None:
-        super().__init__(cfg, seed)
-        self.corpus = corpus if corpus is not None else load_corpus(cfg)
+        super().__init__(cfg, seed, corpus)
         self.spec = DataSpec()
         self._examples: dict[str, Examples] = {}
 
     # -- what models read -------------------------------------------------------------------------------
-    @property
-    def num_items(self) -> int:
-        return self.corpus.num_items
-
-    @property
-    def num_users(self) -> int:
-        return self.corpus.num_users
-
     @property
     def max_len(self) -> int:
         return self.spec.max_len or self.cfg.max_len
