@@ -44,6 +44,7 @@ def test_inheritance_cycle_is_reported(tmp_path, monkeypatch):
         (["data.name=nope"], "unknown dataset 'nope'"),
         (["trainer.preset=gpu"], "invalid trainer.preset='gpu'"),
         (["logger.name=mlflow"], "invalid logger.name='mlflow'"),
+        (["trainer.monitor_mode=maximum"], "invalid trainer.monitor_mode='maximum'; valid: max, min"),
         (["loss.name=nope"], "unknown loss 'nope'"),
         (["bogus"], "must look like dotted.key=value"),
         (["seed=1.5"], "wrong type for 'seed'"),

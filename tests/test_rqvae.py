@@ -124,5 +124,9 @@ def test_lightning_stage_trains_and_logs_catalogue_metrics(tmp_path):
     assert codes.shape == (100, 3) and codes.max() < 16
     assert 0.0 <= metrics["rqvae/collision_rate"] < 1.0
     assert (tmp_path / "stage" / "checkpoints" / "last.ckpt").is_file()
+    # the stage keeps its lowest loss: the best checkpoint's score is at most the last epoch's
+    checkpoint = module.trainer.checkpoint_callback
+    assert checkpoint.mode == "min"
+    assert float(checkpoint.best_model_score) <= float(logged[MONITOR]) + 1e-9
     key = semantic_id_cache_key("emb", cfg.model.rqvae, cfg.seed)
     assert key != semantic_id_cache_key("emb", cfg.model.rqvae, cfg.seed + 1)

@@ -70,6 +70,7 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     deterministic: bool = False
     monitor: str = "val/ndcg@10"
+    monitor_mode: str = "max"  # max | min: whether a larger or a smaller monitored value is better
     early_stopping_patience: int = 10  # validations without improvement; 0 = off
 
 
@@ -205,6 +206,7 @@ def compose(recipe: str, overrides: list[str] | None = None) -> DictConfig:
 
 CHOICES = {
     "trainer.preset": ("cpu", "ddp", "ddp_cpu", "fsdp"),
+    "trainer.monitor_mode": ("max", "min"),
     "logger.name": ("csv", "tensorboard", "wandb", "none"),
     "optim.name": ("adam", "adamw", "adagrad", "sgd"),
     "optim.scheduler": ("none", "inverse_sqrt", "cosine", "linear"),

@@ -69,14 +69,14 @@ def build_trainer(cfg, model, run_dir: Path) -> L.Trainer:
             dirpath=str(run_dir / "checkpoints"),
             filename="best",
             monitor=t.monitor,
-            mode="max",
+            mode=t.monitor_mode,
             save_last=True,
             save_top_k=1,
             enable_version_counter=False,
         )
     ]
     if t.early_stopping_patience > 0:
-        callbacks.append(EarlyStopping(monitor=t.monitor, mode="max", patience=t.early_stopping_patience))
+        callbacks.append(EarlyStopping(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
     if t.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=20))
     # the schema types the limits as floats, so "limit_val_batches=1" arrives as 1.0, which Lightning reads as

@@ -37,7 +37,7 @@ from zoo.registry import MODELS
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "ZOO_CACHE_DIR"
-MONITOR = "rqvae/neg_loss"  # trainer checkpoints maximise their monitor: the negated full-catalogue RQ-VAE loss
+MONITOR = "rqvae/loss"  # the full-catalogue RQ-VAE loss (reconstruction + quantisation); the stage minimises it
 
 
 @dataclass
@@ -163,7 +163,7 @@ class RQVAEModule(L.LightningModule):
             "rqvae/recon_mse": recon_sum / self.embeddings.shape[1],  # mean over features, as MSE
             "rqvae/quant_loss": quant,
             "rqvae/collision_rate": collision_rate(codes),
-            MONITOR: -(recon_sum + quant),
+            MONITOR: recon_sum + quant,
         }
         metrics.update({f"rqvae/{k}": v for k, v in codebook_stats(codes, self.rq_cfg.codebook_size).items()})
         return metrics
@@ -231,7 +231,7 @@ def _stage_trainer_config(cfg: DictConfig, single_device: bool) -> DictConfig:
     t.max_epochs, t.max_steps, t.max_time = rq.epochs, -1, None
     t.limit_train_batches = t.limit_val_batches = t.limit_test_batches = None
     t.check_val_every_n_epoch = max(1, min(rq.eval_every, rq.epochs))
-    t.monitor, t.early_stopping_patience = MONITOR, 0
+    t.monitor, t.monitor_mode, t.early_stopping_patience = MONITOR, "min", 0
     t.gradient_clip_val, t.accumulate_grad_batches, t.precision = None, 1, "32-true"
     if single_device:
         t.devices, t.strategy = 1, "auto"
