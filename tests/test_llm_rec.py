@@ -217,3 +217,58 @@ def test_tiny_llm_learns_a_deterministic_next_title(one_thread) -> None:
         hits.append(ranked[:, 0] == batch["target"])
         assert all(len(set(r.tolist()) - {0}) == len([i for i in r.tolist() if i]) for r in ranked)  # no duplicates
     assert torch.cat(hits).float().mean() > 0.8
+
+
+def saved_backbone(folder: Path, seed: int) -> Path:
+    """A "pretrained" causal LM on disk, as a user's Hugging Face checkpoint would be: tiny-llama weights of
+    ``seed`` and the bundled tokenizer, written with ``save_pretrained``."""
+    from zoo.modules.llm import CausalLMBackbone
+
+    torch.manual_seed(seed)
+    backbone = CausalLMBackbone(llm_cfg().model)
+    backbone.model.save_pretrained(folder)
+    backbone.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_lora_checkpoints_leave_out_the_pretrained_weights_and_reload_exactly(tmp_path) -> None:
+    import lightning as L
+
+    from zoo.errors import ConfigError
+
+    path = saved_backbone(tmp_path / "backbone", seed=0)
+    cfg = llm_cfg(**{"model.backbone": str(path), "model.lora_r": 2, "model.lora_dropout": 0.0})
+    dm = SequentialDataModule(cfg.data, seed=0, corpus=cycle_corpus())
+    model = LLMRec(cfg, dm)
+    dm.connect(model.data_spec())
+    trainer = L.Trainer(
+        max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    trainer.save_checkpoint(tmp_path / "lora.ckpt")
+
+    saved = torch.load(tmp_path / "lora.ckpt", weights_only=False)["state_dict"]
+    trained = model.state_dict()
+    assert saved and all("lora_" in name for name in saved)  # adapters only: the backbone is not in the file
+    assert set(trained) - set(saved) == set(model.reloadable_frozen_names())
+    assert any(not torch.equal(trained[n], LLMRec(cfg, dm).state_dict()[n]) for n in saved)  # training moved them
+
+    fresh = LLMRec(cfg, dm)  # a new process: the backbone from disk, adapters from the checkpoint
+    L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, limit_test_batches=1).test(
+        fresh, datamodule=dm, ckpt_path=tmp_path / "lora.ckpt", verbose=False
+    )
+    assert all(torch.equal(fresh.state_dict()[n], trained[n]) for n in trained)
+
+    other = llm_cfg(**{"model.backbone": str(saved_backbone(tmp_path / "other", seed=1)), "model.lora_r": 2})
+    with pytest.raises(ConfigError, match="other frozen backbone weights"):
+        L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, limit_test_batches=1).test(
+            LLMRec(other, dm), datamodule=dm, ckpt_path=tmp_path / "lora.ckpt", verbose=False
+        )
+
+
+def test_tiny_llama_checkpoints_keep_every_weight() -> None:
+    """tiny-llama is initialised at random, so nothing can be left out of its checkpoints, LoRA or not."""
+    dm = SequentialDataModule(llm_cfg().data, seed=0, corpus=cycle_corpus())
+    assert LLMRec(llm_cfg(**{"model.lora_r": 2}), dm).reloadable_frozen_names() == []
+    assert LLMRec(llm_cfg(), dm).reloadable_frozen_names() == []

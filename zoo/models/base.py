@@ -28,6 +28,17 @@ from zoo.metrics import MISS, RankingMetrics, ranks_from_lists, sampled_ranks, t
 from zoo.metrics.chunked import chunked_target_ranks
 from zoo.metrics.generation import GenerationMetrics
 
+FROZEN_KEY = "zoo_frozen_weights_left_out"
+
+
+def _fingerprint(state: dict, names: list[str]) -> list[float]:
+    """A cheap identity check of frozen weights: the float64 sum of |w| of up to 4 of them (first, last, two
+    between)."""
+    if not names:
+        return []
+    picks = sorted({0, len(names) // 3, 2 * len(names) // 3, len(names) - 1})
+    return [float(state[names[i]].detach().double().abs().sum()) for i in picks]
+
 
 @dataclass
 class ModelConfig:
@@ -75,6 +86,39 @@ class RecModel(L.LightningModule):
 
     def rank(self, batch: dict, k: int) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement rank")
+
+    def reloadable_frozen_names(self) -> list[str]:
+        """State-dict names of frozen weights that building this module again reproduces exactly (a pretrained
+        backbone under LoRA): checkpoints leave them out and loading fills them from the freshly built module.
+        Default: none, every weight is saved."""
+        return []
+
+    # -- checkpoints without the frozen pretrained weights --------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        names = self.reloadable_frozen_names()
+        if not names:
+            return
+        state = checkpoint["state_dict"]
+        kept = [n for n in names if n in state]
+        checkpoint[FROZEN_KEY] = {"names": kept, "fingerprint": _fingerprint(state, kept)}
+        for name in kept:
+            del state[name]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        left_out = checkpoint.get(FROZEN_KEY)
+        if not left_out:
+            return
+        own = self.state_dict()
+        missing = [n for n in left_out["names"] if n not in own]
+        if missing:
+            raise ConfigError(f"checkpoint expects frozen weights this model does not have (e.g. {missing[0]})")
+        mine, theirs = _fingerprint(own, left_out["names"]), left_out["fingerprint"]
+        if len(mine) != len(theirs) or not all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(mine, theirs)):
+            raise ConfigError(
+                "the checkpoint was trained on other frozen backbone weights than this model loaded: "
+                "load it with the model.backbone it was trained with"
+            )
+        checkpoint["state_dict"].update({n: own[n] for n in left_out["names"]})
 
     # -- shared loop --------------------------------------------------------------------------------------
     def score(self, batch: dict) -> torch.Tensor:

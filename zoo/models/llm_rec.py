@@ -100,6 +100,9 @@ class LLMRec(RecModel):
         encoder = HistoryPromptEncoder(self.prompts, self.titles, instruction, prefix, self.backbone.pad_token_id)
         return DataSpec(train_mode="prefix", max_len=self.cfg.model.max_history, transform=encoder)
 
+    def reloadable_frozen_names(self) -> list[str]:
+        return [f"backbone.{name}" for name in self.backbone.reloadable_frozen_names()]
+
     def fsdp_wrap_modules(self) -> list[type]:
         return self.backbone.decoder_block_classes()
 

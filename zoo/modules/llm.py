@@ -105,9 +105,9 @@ def _tiny_llama(cfg: LLMConfig, tokenizer) -> nn.Module:
     return LlamaForCausalLM(config)
 
 
-def load_causal_lm(cfg: LLMConfig, tokenizer) -> nn.Module:
-    """The causal LM of ``cfg.backbone`` (embeddings resized to the tokenizer), wrapped in LoRA when
-    ``cfg.lora_r > 0``, with gradient checkpointing when asked."""
+def load_causal_lm(cfg: LLMConfig, tokenizer, resized: list | None = None) -> nn.Module:
+    """The causal LM of ``cfg.backbone`` (embeddings resized to the tokenizer, noted by appending True to
+    ``resized``), wrapped in LoRA when ``cfg.lora_r > 0``, with gradient checkpointing when asked."""
     from transformers import AutoModelForCausalLM
 
     if cfg.backbone == TINY_LLAMA:
@@ -121,6 +121,8 @@ def load_causal_lm(cfg: LLMConfig, tokenizer) -> nn.Module:
             raise ConfigError(f"cannot load model.backbone '{cfg.backbone}': {str(err).splitlines()[0]}") from None
         if model.get_input_embeddings().num_embeddings < len(tokenizer):
             model.resize_token_embeddings(len(tokenizer))
+            if resized is not None:  # the new rows are random: loading the backbone again does not reproduce them
+                resized.append(True)
         model.config.pad_token_id = tokenizer.pad_token_id
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -155,9 +157,27 @@ class CausalLMBackbone(nn.Module):
     def __init__(self, cfg: LLMConfig) -> None:
         super().__init__()
         self.tokenizer = load_tokenizer(cfg)
-        self.model = load_causal_lm(cfg, self.tokenizer)
+        resized = []
+        self.model = load_causal_lm(cfg, self.tokenizer, resized)
         self.eos_token_id = int(self.tokenizer.eos_token_id)
         self.pad_token_id = int(self.tokenizer.pad_token_id)
+        self.backbone_name = cfg.backbone
+        self._pretrained_frozen = cfg.backbone != TINY_LLAMA and cfg.lora_r > 0
+        self._resized = bool(resized)
+
+    def reloadable_frozen_names(self) -> list[str]:
+        """Names (as in this module's ``state_dict``) of the frozen weights that loading ``model.backbone`` again
+        reproduces exactly: the pretrained weights under LoRA, which checkpoints need not hold. Empty for
+        tiny-llama (random initialisation) and full fine-tuning; the embeddings stay in the checkpoint when they
+        were resized to the tokenizer (their new rows are random)."""
+        if not self._pretrained_frozen:
+            return []
+        embeddings = {id(self.model.get_input_embeddings().weight), id(self.model.get_output_embeddings().weight)}
+        return [
+            name
+            for name, p in self.named_parameters(remove_duplicate=False)
+            if not p.requires_grad and not (self._resized and id(p) in embeddings)
+        ]
 
     @property
     def vocab_size(self) -> int:
