@@ -307,3 +307,18 @@ def test_pop_on_beauty_real_data(tmp_path: Path, monkeypatch) -> None:
     path = lb_run.run_cell(_grid(tmp_path, datasets=["beauty"]), "pop", "beauty")
     metrics = json.loads(path.read_text())["metrics"]
     assert metrics["test/recall@10"] > 0
+
+
+def test_protocol_benchmark_retests_a_cell_and_masking_seen_items_only_helps(tmp_path: Path) -> None:
+    """A smoke SASRec cell re-tested from its best checkpoint: the leaderboard protocol gives the cell's numbers
+    again, and masking the user's items can only move a target up (MovieLens-100K has no repeated items)."""
+    from benchmarks import protocols
+
+    args = _grid(tmp_path, methods=["sasrec"])
+    lb_run.run_cell(args, "sasrec", "ml100k")
+    path = protocols.run(["sasrec__ml100k__smoke"], results_dir=args.results_dir, out_dir=tmp_path)
+    (row,) = json.loads(path.read_text())["cells"]
+    assert row["matches_cell"] is True
+    assert all(row["mask_seen"][m] >= row["leaderboard"][m] for m in lb_render.METRICS)
+    assert row["mask_seen"] != row["leaderboard"]
+    assert protocols.main(["cells=nope__ml100k__smoke"]) == 2
