@@ -37,9 +37,11 @@ class PaperRow:
     paper: str
     table: str
     values: dict[str, float]
+    note: str = ""  # how the paper's protocol differs from the leaderboard's, when it does
 
     def citation(self) -> str:
-        return f"{self.paper}, {self.table}, row '{self.row}'"
+        text = f"{self.paper}, {self.table}, row '{self.row}'"
+        return f"{text}. {self.note}" if self.note else text
 
 
 @dataclass
@@ -74,6 +76,7 @@ def load_papers(path: Path = PAPERS_PATH) -> Papers:
                 paper=str(source["paper"]),
                 table=str(source["table"]),
                 values={k: float(v) for k, v in row["values"].items()},
+                note=str(row.get("note") or ""),
             )
         )
     return papers
