@@ -39,6 +39,7 @@ def retest(record: dict, mask_seen: bool) -> dict[str, float]:
     from zoo.config import compose
     from zoo.data import SequentialDataModule
     from zoo.registry import MODELS, populate
+    from zoo.trainer import batch_limit
 
     populate()
     ckpt = Path(record["run_dir"]) / "checkpoints" / "best.ckpt"
@@ -50,8 +51,7 @@ def retest(record: dict, mask_seen: bool) -> dict[str, float]:
     model = MODELS.get(cfg.model.name)(cfg, datamodule)
     datamodule.connect(model.data_spec())
     model.prepare(datamodule)
-    limit = cfg.trainer.limit_test_batches  # as in zoo.trainer: a whole number >= 1 is a batch count
-    limit = 1.0 if limit is None else int(limit) if float(limit).is_integer() and limit >= 1 else limit
+    limit = 1.0 if cfg.trainer.limit_test_batches is None else batch_limit(cfg.trainer.limit_test_batches)
     trainer = L.Trainer(
         logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", limit_test_batches=limit
     )

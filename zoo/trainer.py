@@ -61,6 +61,13 @@ def build_loggers(cfg, run_dir: Path) -> list[Logger]:
     raise ConfigError(f"unknown logger.name '{name}' (csv | tensorboard | wandb | none)")
 
 
+def batch_limit(value: float) -> int | float:
+    """A ``trainer.limit_*_batches`` value as Lightning reads it. The schema types the limits as floats, so
+    "limit_val_batches=1" arrives as 1.0, which Lightning reads as 100%: a whole number >= 1 means that many
+    batches (a fraction < 1 stays a fraction)."""
+    return int(value) if float(value).is_integer() and value >= 1 else value
+
+
 def build_trainer(cfg, model, run_dir: Path) -> L.Trainer:
     t = cfg.trainer
     hw = resolved_trainer_settings(t)
@@ -79,10 +86,8 @@ def build_trainer(cfg, model, run_dir: Path) -> L.Trainer:
         callbacks.append(EarlyStopping(monitor=t.monitor, mode=t.monitor_mode, patience=t.early_stopping_patience))
     if t.enable_progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=20))
-    # the schema types the limits as floats, so "limit_val_batches=1" arrives as 1.0, which Lightning reads as
-    # 100%: a whole number >= 1 means that many batches (a fraction < 1 stays a fraction)
     limits = {
-        k: int(t[k]) if float(t[k]).is_integer() and t[k] >= 1 else t[k]
+        k: batch_limit(t[k])
         for k in ("limit_train_batches", "limit_val_batches", "limit_test_batches")
         if t[k] is not None
     }
