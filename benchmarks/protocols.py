@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         if "threads" in args:
             import torch
 
+            if not args["threads"].isdigit() or int(args["threads"]) < 1:
+                raise ConfigError(f"threads must be a positive whole number, got '{args['threads']}'")
             torch.set_num_threads(int(args["threads"]))
         path = run([c for c in args["cells"].split(",") if c])
     except ZooError as err:
