@@ -72,3 +72,16 @@ def write_result(name: str, payload: dict, started: float | None = None, directo
     path = directory / f"{name}.json"
     write_json_atomic(path, record)
     return path
+
+
+def key_values(argv: list[str], allowed: dict[str, object]) -> dict[str, str]:
+    """``key=value`` command-line arguments over ``allowed`` (key -> default); anything else is a ConfigError."""
+    from zoo.errors import ConfigError
+
+    settings = dict(allowed)
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in settings:
+            raise ConfigError(f"unknown argument '{arg}'; expected key=value with key in: {', '.join(settings)}")
+        settings[key] = value
+    return settings

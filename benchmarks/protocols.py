@@ -23,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import write_result
+from benchmarks.common import key_values, write_result
 from benchmarks.render import METRICS, load_papers, relative_difference
 from zoo.errors import ConfigError, DataError, ZooError
 
@@ -99,12 +99,11 @@ def run(cells: list[str], results_dir: Path = RESULTS_DIR, out_dir: Path = RESUL
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = dict(a.split("=", 1) for a in (sys.argv[1:] if argv is None else argv) if "=" in a)
     try:
-        unknown = set(args) - {"cells", "threads"}
-        if unknown or "cells" not in args:
+        args = key_values(sys.argv[1:] if argv is None else argv, {"cells": "", "threads": ""})
+        if not args["cells"]:
             raise ConfigError("usage: python -m benchmarks.protocols cells=a__b__cpu,c__d__cpu [threads=N]")
-        if "threads" in args:
+        if args["threads"]:
             import torch
 
             if not args["threads"].isdigit() or int(args["threads"]) < 1:

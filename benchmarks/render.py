@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.common import key_values
 from benchmarks.run import CELL_KIND, PAPERS_PATH
 from zoo.errors import ConfigError, ZooError
 from zoo.io import atomic_path, write_text_atomic
@@ -336,11 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         "papers": PAPERS_PATH,
     }
     try:
-        for arg in argv:
-            key, sep, value = arg.partition("=")
-            if not sep or key not in settings:
-                raise ConfigError(f"unknown argument '{arg}'; expected key=value with key in: {', '.join(settings)}")
-            settings[key] = Path(value)
+        settings = {key: Path(value) for key, value in key_values(argv, settings).items()}
         out = render(settings["results_dir"], settings["out"], settings["plots_dir"], settings["papers"])
     except ZooError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -323,3 +323,4 @@ def test_protocol_benchmark_retests_a_cell_and_masking_seen_items_only_helps(tmp
     assert row["mask_seen"] != row["leaderboard"]
     assert protocols.main(["cells=nope__ml100k__smoke"]) == 2
     assert protocols.main(["cells=sasrec__ml100k__smoke", "threads=two"]) == 2
+    assert protocols.main(["cells=sasrec__ml100k__smoke", "stray"]) == 2
