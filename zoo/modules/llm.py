@@ -161,7 +161,6 @@ class CausalLMBackbone(nn.Module):
         self.model = load_causal_lm(cfg, self.tokenizer, resized)
         self.eos_token_id = int(self.tokenizer.eos_token_id)
         self.pad_token_id = int(self.tokenizer.pad_token_id)
-        self.backbone_name = cfg.backbone
         self._pretrained_frozen = cfg.backbone != TINY_LLAMA and cfg.lora_r > 0
         self._resized = bool(resized)
 
