@@ -30,12 +30,15 @@ class DataConfig:
     cache: bool = True  # cache the processed corpus under <root>/cache
     k_core: int = 0  # iterative k-core filter on raw interactions (0 = off)
     min_seq_len: int = 0  # drop users with fewer interactions (0 = keep all)
-    max_len: int = 50  # history length fed to models (most recent items)
+    max_len: int = 50  # history length of every example (most recent items): the one history length
+    train_len: int = 0  # items of a sequence-mode training row (0 = max_len; SASRec cuts longer rows in windows)
     batch_size: int = 256
     eval_batch_size: int = 512
     num_workers: int = 0
     eval_candidates: int = 0  # 0 = full ranking; n = target + (n-1) sampled negatives
     candidates_path: Optional[str] = None  # candidate lists written by a retriever (re-ranking methods)
+    ctr_threshold: float = 3.0  # CTR view: label = rating > threshold
+    cache_dir: Optional[str] = None  # root of every cache (corpora, stages); else $ZOO_CACHE_DIR, else <root>/cache
 
 
 @dataclass
@@ -69,8 +72,8 @@ class TrainerConfig:
     log_every_n_steps: int = 50
     enable_progress_bar: bool = True
     deterministic: bool = False
-    monitor: str = "val/ndcg@10"
-    monitor_mode: str = "max"  # max | min: whether a larger or a smaller monitored value is better
+    monitor: Optional[str] = None  # null = the task family's default (val/ndcg@10 ranking, val/auc CTR)
+    monitor_mode: Optional[str] = None  # max | min (null = the family's); recorded as applied in config.yaml
     early_stopping_patience: int = 10  # validations without improvement; 0 = off
 
 
@@ -206,7 +209,7 @@ def compose(recipe: str, overrides: list[str] | None = None) -> DictConfig:
 
 CHOICES = {
     "trainer.preset": ("cpu", "ddp", "ddp_cpu", "fsdp"),
-    "trainer.monitor_mode": ("max", "min"),
+    "trainer.monitor_mode": ("max", "min", None),
     "logger.name": ("csv", "tensorboard", "wandb", "none"),
     "optim.name": ("adam", "adamw", "adagrad", "sgd"),
     "optim.scheduler": ("none", "inverse_sqrt", "cosine", "linear"),

@@ -35,11 +35,6 @@ class Registry(Generic[T]):
             if name in self._entries:
                 raise ValueError(f"{self.kind} '{name}' is already registered ({self._entries[name]!r})")
             self._entries[name] = entry
-            if hasattr(entry, "registered_name") or isinstance(entry, type):
-                try:
-                    entry.registered_name = name  # type: ignore[attr-defined]
-                except (AttributeError, TypeError):
-                    pass
             return entry
 
         return add(obj) if obj is not None else add
@@ -74,7 +69,6 @@ class Registry(Generic[T]):
 MODELS: Registry[Any] = Registry("model")
 SOURCES: Registry[Any] = Registry("dataset")
 LOSSES: Registry[Any] = Registry("loss")
-METRICS: Registry[Any] = Registry("metric")
 
 
 def populate() -> None:
@@ -82,3 +76,4 @@ def populate() -> None:
     import zoo.data.sources  # noqa: F401
     import zoo.losses  # noqa: F401
     import zoo.models  # noqa: F401
+    import zoo.stages  # noqa: F401

@@ -52,6 +52,8 @@ def parse_args(argv: list[str]) -> tuple[str, list[str]]:
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:
+    if cfg.run_dir:  # explicit (a stage's nested run, or a user's choice)
+        return Path(cfg.run_dir)
     if os.environ.get(RUN_DIR_ENV):
         return Path(os.environ[RUN_DIR_ENV])
     if cfg.resume:
@@ -60,8 +62,6 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
         if not (run_dir / "config.yaml").is_file():
             raise ConfigError(f"resume={cfg.resume}: no run directory with config.yaml there")
         return run_dir
-    if cfg.run_dir:
-        return Path(cfg.run_dir)
     base = Path(cfg.run_root) / cfg.recipe
     base.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -84,8 +84,9 @@ def resume_checkpoint(cfg: DictConfig) -> str | None:
     return str(ckpt)
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    """Run one resolved config end to end; returns the final test metrics (also written to metrics.json)."""
+def run(cfg: DictConfig, corpus=None) -> dict[str, float]:
+    """Run one resolved config end to end; returns the final test metrics (also written to metrics.json).
+    ``corpus`` skips loading the data (a stage passes the corpus it already has)."""
     import lightning as L
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -93,13 +94,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
     inherited = os.environ.get(RUN_DIR_ENV)
     os.environ[RUN_DIR_ENV] = str(run_dir)  # DDP workers re-run this script and must share the directory
     try:
-        return _run_in(cfg, run_dir)
+        return _run_in(cfg, run_dir, corpus)
     finally:
         if inherited is None:
             os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = inherited
 
 
-def _run_in(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
+def _run_in(cfg: DictConfig, run_dir: Path, corpus=None) -> dict[str, float]:
     from zoo.io import write_json_atomic
     from zoo.registry import MODELS
 
@@ -111,7 +114,7 @@ def _run_in(cfg: DictConfig, run_dir: Path) -> dict[str, float]:
         _write_config(cfg, run_dir)
         metrics, is_zero = model_cls.run_standalone(cfg, run_dir)
     else:
-        metrics, is_zero = _run_recommender(cfg, model_cls, run_dir)
+        metrics, is_zero = _run_recommender(cfg, run_dir, corpus)
     metrics["time/total_s"] = round(time.time() - started, 3)
     if is_zero:
         write_json_atomic(run_dir / "metrics.json", metrics)
@@ -128,17 +131,18 @@ def _write_config(cfg: DictConfig, run_dir: Path) -> None:
     write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def _run_recommender(cfg: DictConfig, model_cls, run_dir: Path) -> tuple[dict[str, float], bool]:
-    from zoo.data import SequentialDataModule
+def _run_recommender(cfg: DictConfig, run_dir: Path, corpus=None) -> tuple[dict[str, float], bool]:
+    from zoo.build import build
+    from zoo.io import write_json_atomic
     from zoo.trainer import build_trainer
 
-    datamodule = SequentialDataModule(cfg.data, seed=cfg.seed)
-    model = model_cls(cfg, datamodule)
-    datamodule.connect(model.data_spec())
-    model.prepare(datamodule)
+    artifacts: dict = {}
+    model, datamodule = build(cfg, corpus=corpus, stages=artifacts)
     trainer = build_trainer(cfg, model, run_dir)
     if trainer.is_global_zero:
-        _write_config(cfg, run_dir)
+        _write_config(cfg, run_dir)  # after build: the applied monitor, lengths and candidate lists
+        if artifacts:
+            write_json_atomic(run_dir / "stages.json", {n: a.summary() for n, a in artifacts.items()})
     ckpt = None
     if cfg.train and model.trainable:
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg))
@@ -146,6 +150,8 @@ def _run_recommender(cfg: DictConfig, model_cls, run_dir: Path) -> tuple[dict[st
         ckpt = best if best and Path(best).is_file() else None
     trainer.test(model, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
     metrics = dict(model.test_results)
+    for name, artifact in artifacts.items():
+        metrics[f"stage/{name}/reused"] = float(artifact.reused)
     if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.best_model_score is not None:
         metrics[f"best/{cfg.trainer.monitor}"] = float(trainer.checkpoint_callback.best_model_score)
     return metrics, trainer.is_global_zero

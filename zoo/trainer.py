@@ -32,8 +32,6 @@ def _strategy(name: str, model):
 
         wrap = getattr(model, "fsdp_wrap_modules", lambda: None)()
         return FSDPStrategy(auto_wrap_policy=set(wrap) if wrap else None)
-    if name == "ddp" and not getattr(model, "all_parameters_used", True):
-        return "ddp_find_unused_parameters_true"
     return name
 
 

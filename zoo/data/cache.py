@@ -52,12 +52,22 @@ def source_inputs(files: Callable[..., list[Path]]) -> Callable[[Source], Source
     return mark
 
 
-def cache_dir(cfg) -> Path:
-    """``$ZOO_CACHE_DIR``, else ``<data root>/cache`` when the root is writable, else the user cache dir."""
+def cache_root(cfg=None) -> Path:
+    """The one root of every cache of the zoo (processed corpora under ``corpora/``, stage artifacts under
+    ``stages/``): ``data.cache_dir``, else ``$ZOO_CACHE_DIR``, else ``<data root>/cache`` when the data root is
+    writable, else ``<user cache dir>/cache``. ``cfg`` is the ``data:`` section."""
+    configured = getattr(cfg, "cache_dir", None) if cfg is not None else None
+    if configured:
+        return Path(configured).expanduser()
     if os.environ.get(CACHE_DIR_ENV):
         return Path(os.environ[CACHE_DIR_ENV]).expanduser()
     root = data_root(cfg)
     return root / "cache" if _writable(root) else user_cache_dir() / "cache"
+
+
+def cache_dir(cfg) -> Path:
+    """Where processed corpora are cached: ``<cache root>/corpora``."""
+    return cache_root(cfg) / "corpora"
 
 
 def _writable(path: Path) -> bool:

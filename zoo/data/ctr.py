@@ -125,7 +125,9 @@ class CTRDataset(Dataset):
 
 class CTRDataModule(ShardedDataModule):
     """Train / val / test loaders of the CTR view of ``cfg`` (a ``DataConfig``; the corpus is loaded and cached
-    as for the sequential DataModule). ``max_history`` defaults to ``data.max_len``."""
+    as for the sequential DataModule). The behaviour history holds ``data.max_len`` items; the label is
+    rating > ``threshold`` (``data.ctr_threshold``). What a CTR model reads: ``features`` (the fields and their
+    vocabulary sizes), ``num_users``, ``num_items``."""
 
     def __init__(
         self,
@@ -134,13 +136,12 @@ class CTRDataModule(ShardedDataModule):
         corpus: Corpus | None = None,
         user_fields: list[str] | None = None,
         item_fields: list[str] | None = None,
-        max_history: int | None = None,
         threshold: float = 3.0,
     ) -> None:
         super().__init__(cfg, seed, corpus)
         self.threshold = threshold
         self.features = ctr_features(self.corpus, user_fields, item_fields)
-        self.max_history = max_history if max_history is not None else cfg.max_len
+        self.max_history = int(cfg.max_len)
         self._datasets: dict[str, CTRDataset] = {}
 
     def dataset(self, split: str) -> CTRDataset:

@@ -1,6 +1,6 @@
 """The shared sequential DataModule: leave-one-out splits, history windows, batching, DDP sharding.
 
-Protocol (``../shared/docs/methods.md``): for a user with sequence s of length n, the test example is
+Protocol (``docs/protocol.md``): for a user with sequence s of length n, the test example is
 (s[:n-1] -> s[n-1]), validation (s[:n-2] -> s[n-2]) and training covers every prefix of s[:n-2]:
 
 * ``train_mode="sequence"``: one row per user, inputs s[:n-3] and targets s[1:n-2] at every position (causal
@@ -8,17 +8,24 @@ Protocol (``../shared/docs/methods.md``): for a user with sequence s of length n
 * ``train_mode="prefix"``: one row per (user, t), history s[:t] -> target s[t] for t = 1..n-3 (seq2seq and
   prompt-based models).
 
-Histories keep the most recent ``max_len`` items and are **left**-padded with 0, so the last column is always the
-most recent item. Sources with their own split (``Corpus.fixed_splits``) use it instead of leave-one-out.
+Lengths (one key each, recorded as applied in the run's config.yaml): every history holds the most recent
+``data.max_len`` items, **left**-padded with 0, so the last column is always the most recent item; a
+``sequence``-mode training row holds ``data.train_len`` items (0 = ``data.max_len``; a model may cut longer rows
+into windows, as SASRec does). Sources with their own split (``Corpus.fixed_splits``) use it instead of
+leave-one-out.
 
-Candidate lists (batch key ``candidates``, item ids [B, n]): with ``data.eval_candidates = n > 0`` every val / test
-example carries its target in column 0 and n-1 items the user never interacted with, drawn uniformly without
-replacement with a fixed seed (the same lists for every method and run); with ``data.candidates_path`` the lists of
-a retriever's candidates file (``zoo.data.candidates``) are attached to the examples of every split the file has.
+Evaluation batches carry what the :class:`zoo.evaluation.Protocol` needs:
 
-A model states what it needs with ``connect(DataSpec(...))`` before ``setup`` (litgpt style): the training mode,
-the history length, and a ``transform`` applied to each collated batch (e.g. items -> Semantic-ID tokens or ->
-a tokenised prompt), so one DataModule serves ID, Semantic-ID and text methods.
+* ``candidates`` (item ids [B, n]): under ``sampled`` (``data.eval_candidates = n``) the target in column 0 and n-1
+  items the user never interacted with, drawn uniformly without replacement with a fixed seed (the same lists for
+  every method and run); under ``retriever`` (``data.candidates_path``) the lists of a retriever's candidates file
+  (``zoo.data.candidates``), attached to the examples of every split the file has;
+* ``seen`` (item ids [B, S], 0 = padding) under ``mask_seen``: every item of the user before the target, and in the
+  candidate lists those items (the target excepted) are replaced by 0.
+
+A model states what it needs with ``connect(DataSpec(...))`` before ``setup`` (litgpt style): the training mode and
+a ``transform`` applied to each collated batch (e.g. items -> Semantic-ID tokens or -> a tokenised prompt), so one
+DataModule serves ID, Semantic-ID and text methods.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from zoo.data.candidates import load_candidates
 from zoo.data.corpus import Corpus
 from zoo.data.loading import load_corpus
-from zoo.errors import ConfigError, DataError
+from zoo.errors import DataError
 
 EVAL_CANDIDATES_SEED = 2020  # fixed, independent of the run seed: every method ranks the same sampled lists
 
@@ -42,7 +49,6 @@ EVAL_CANDIDATES_SEED = 2020  # fixed, independent of the run seed: every method 
 @dataclass
 class DataSpec:
     train_mode: str = "sequence"  # "sequence" | "prefix"
-    max_len: int | None = None  # history length; None = data.max_len
     transform: Callable[[dict], dict] | None = None  # applied to every collated batch (train and eval)
 
 
@@ -64,11 +70,14 @@ class Examples:
 class ExampleDataset(Dataset):
     """Builds whole batches at once from index lists (fast: numpy gathers, no per-example Python)."""
 
-    def __init__(self, examples: Examples, max_len: int, sequence_targets: bool, transform=None) -> None:
+    def __init__(
+        self, examples: Examples, max_len: int, sequence_targets: bool, transform=None, with_seen: bool = False
+    ) -> None:
         self.ex = examples
         self.max_len = max_len
         self.sequence_targets = sequence_targets
         self.transform = transform
+        self.with_seen = with_seen
 
     def __len__(self) -> int:
         return len(self.ex)
@@ -86,8 +95,18 @@ class ExampleDataset(Dataset):
             batch["targets"] = torch.from_numpy(targets)
         else:
             batch["target"] = torch.from_numpy(ex.target[idx])
+        if self.with_seen:  # every item before the target (not only the window), for mask-seen evaluation
+            width = max(int((end - start).max()) if len(idx) else 1, 1)
+            cols = start[:, None] + np.arange(width)[None, :]
+            seen = np.where(cols < end[:, None], ex.source[np.clip(cols, 0, len(ex.source) - 1)], 0)
+            batch["seen"] = torch.from_numpy(seen)
         if ex.candidates is not None:
-            batch["candidates"] = torch.from_numpy(ex.candidates[idx])
+            candidates = ex.candidates[idx]
+            if self.with_seen:
+                target = ex.target[idx][:, None]
+                drop = (candidates[:, :, None] == seen[:, None, :]).any(axis=2) & (candidates != target)
+                candidates = np.where(drop, 0, candidates)
+            batch["candidates"] = torch.from_numpy(candidates)
         return self.transform(batch) if self.transform is not None else batch
 
 
@@ -143,6 +162,10 @@ class ShardedDataModule(L.LightningDataModule):
     def batch_dataset(self, split: str, train: bool) -> Dataset:
         raise NotImplementedError
 
+    def connect(self, spec: DataSpec) -> None:
+        """Receive the model's :class:`DataSpec` (before ``setup``)."""
+        self.spec = spec
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self.batch_dataset(split, train)
         trainer = getattr(self, "trainer", None)
@@ -168,17 +191,29 @@ class ShardedDataModule(L.LightningDataModule):
 
 
 class SequentialDataModule(ShardedDataModule):
-    def __init__(self, cfg, seed: int = 42, corpus: Corpus | None = None) -> None:
+    def __init__(self, cfg, seed: int = 42, corpus: Corpus | None = None, protocol=None) -> None:
+        from zoo.evaluation import Protocol
+
         super().__init__(cfg, seed, corpus)
         self.spec = DataSpec()
+        if protocol is None:
+            protocol = Protocol.from_config(_ProtocolView(cfg))
+        self.protocol = protocol
         self._examples: dict[str, Examples] = {}
 
     # -- what models read -------------------------------------------------------------------------------
     @property
     def max_len(self) -> int:
-        return self.spec.max_len or self.cfg.max_len
+        """The history length of every example (``data.max_len``)."""
+        return int(self.cfg.max_len)
+
+    @property
+    def train_len(self) -> int:
+        """The length of a ``sequence``-mode training row (``data.train_len``, 0 = ``data.max_len``)."""
+        return max(int(getattr(self.cfg, "train_len", 0) or 0), self.max_len)
 
     def connect(self, spec: DataSpec) -> None:
+        """Receive the model's :class:`DataSpec` (before ``setup``): its training mode and batch transform."""
         if spec.train_mode not in ("sequence", "prefix"):
             raise DataError(f"unknown train_mode '{spec.train_mode}' (sequence | prefix)")
         self.spec = spec
@@ -241,12 +276,9 @@ class SequentialDataModule(ShardedDataModule):
 
     # -- candidate lists ------------------------------------------------------------------------------------------
     def _attach_candidates(self, split: str, examples: Examples) -> None:
-        sampled = getattr(self.cfg, "eval_candidates", 0) or 0
-        path = getattr(self.cfg, "candidates_path", None)
-        if sampled and path:
-            raise ConfigError("data.eval_candidates and data.candidates_path both set: choose one candidate source")
-        if sampled < 0:
-            raise ConfigError(f"data.eval_candidates={sampled}: expected 0 (full ranking) or a list size >= 1")
+        protocol = self.protocol
+        sampled = protocol.num_candidates if protocol.candidates == "sampled" else 0
+        path = protocol.candidates_path if protocol.candidates == "retriever" else None
         if sampled and split in ("val", "test"):
             seen_items, seen_offsets = self._interacted(examples)
             seed = (EVAL_CANDIDATES_SEED, ("val", "test").index(split))
@@ -280,7 +312,24 @@ class SequentialDataModule(ShardedDataModule):
     def batch_dataset(self, split: str, train: bool) -> Dataset:
         ex = self.examples(split)
         sequence_targets = train and self.spec.train_mode == "sequence" and not self.corpus.fixed_splits
-        return ExampleDataset(ex, self.max_len, sequence_targets, self.spec.transform)
+        length = self.train_len if sequence_targets else self.max_len
+        with_seen = self.protocol.mask_seen and not train
+        return ExampleDataset(ex, length, sequence_targets, self.spec.transform, with_seen)
+
+
+class _ProtocolView:
+    """A ``data:`` section seen as the whole config ``Protocol.from_config`` reads (for DataModules built without
+    the builder, e.g. in tests): ``eval.mask_seen`` is off unless the section says otherwise."""
+
+    def __init__(self, data_cfg) -> None:
+        self.data = _Defaults(data_cfg, eval_candidates=0, candidates_path=None)
+        self.eval = _Defaults(None, mask_seen=False)
+
+
+class _Defaults:
+    def __init__(self, section, **defaults) -> None:
+        for key, default in defaults.items():
+            setattr(self, key, getattr(section, key, default) if section is not None else default)
 
 
 def sample_candidates(

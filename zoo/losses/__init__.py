@@ -4,6 +4,7 @@ from zoo.losses import (
     bce,  # noqa: F401  (registration)
     bpr,  # noqa: F401  (registration)
     ce,  # noqa: F401  (registration)
+    logloss,  # noqa: F401  (registration)
     msl,  # noqa: F401  (registration)
     sampled_softmax,  # noqa: F401  (registration)
 )

@@ -6,6 +6,7 @@ loss of that family drops in from config.
 * ``token`` losses work on next-token logits of item token sequences (titles, Semantic IDs):
   ``forward(logits [B, T, V], labels [B, T] with -100 = ignore)``; a loss that needs the valid next tokens (MSL)
   gets the model's item trie through ``connect(trie=...)``.
+* ``ctr`` losses take click logits and 0/1 labels: ``forward(logits [B], labels [B])``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class ItemScorer(Protocol):
 
 class Loss(nn.Module):
     Config = LossConfig
-    kind = "item"  # "item" | "token"
+    kind = "item"  # "item" | "token" | "ctr"
 
     def __init__(self, cfg) -> None:
         super().__init__()

@@ -1,7 +1,8 @@
 """Evaluation metrics: ranking (full, sampled, chunked, ranked lists), generation quality and CTR.
 
-``zoo.metrics.ranking`` states the rules (pessimistic ties, padding, optional seen-item masking). The torchmetrics
-classes are registered in ``zoo.registry.METRICS`` as "ranking", "generation" and "ctr".
+``zoo.metrics.ranking`` states the rules (pessimistic ties, padding, optional seen-item masking);
+``RankingMetrics``, ``GenerationMetrics`` and ``CTRMetrics`` are the torchmetrics classes that accumulate them over
+batches and devices (``zoo.evaluation`` applies them under the evaluation protocol).
 """
 
 from zoo.metrics.chunked import chunked_target_ranks

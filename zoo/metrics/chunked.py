@@ -44,10 +44,10 @@ def chunked_target_ranks(
     keep = max_k + 1
     device = targets.device
     rows = torch.arange(batch, device=device)
-    top: torch.Tensor | None = None
     target_score: torch.Tensor | None = None
-    for start in range(1, num_items + 1, chunk_size):
-        end = min(start + chunk_size, num_items + 1)
+
+    def masked(start: int, end: int) -> torch.Tensor:
+        nonlocal target_score
         raw = score_chunk(start, end)
         if raw.shape != (batch, end - start):
             raise DataError(f"score_chunk({start}, {end}) returned {tuple(raw.shape)}, expected {(batch, end - start)}")
@@ -66,11 +66,11 @@ def chunked_target_ranks(
         scores[rows[inside], cols[inside]] = float("-inf")
         if seen is not None:
             local = seen - start
-            masked = (local >= 0) & (local < end - start) & (seen != targets.view(-1, 1))
-            scores[rows.view(-1, 1).expand_as(seen)[masked], local[masked]] = float("-inf")
-        chunk_top = scores.topk(min(keep, end - start), dim=1).values
-        merged = chunk_top if top is None else torch.cat([top, chunk_top], dim=1)
-        top = merged if merged.shape[1] <= keep else merged.topk(keep, dim=1).values
+            hide = (local >= 0) & (local < end - start) & (seen != targets.view(-1, 1))
+            scores[rows.view(-1, 1).expand_as(seen)[hide], local[hide]] = float("-inf")
+        return scores
+
+    top, _ = running_top_k(masked, num_items, keep, chunk_size)
     assert top is not None and target_score is not None
     ranks = (top >= target_score.view(-1, 1)).sum(dim=1)
     lost = target_score == float("-inf")
@@ -78,3 +78,31 @@ def chunked_target_ranks(
         others = num_items - 1 - distinct_seen(seen, targets).sum(dim=1) if seen is not None else num_items - 1
         ranks = torch.where(lost, torch.as_tensor(others, device=device).clamp(max=keep), ranks)
     return ranks
+
+
+def running_top_k(
+    score_chunk: Callable[[int, int], torch.Tensor], num_items: int, k: int, chunk_size: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best scores of items 1..num_items and their item ids ([B, k] each, best first), scoring items in
+    chunks of ``chunk_size`` (0 = all at once) and merging a running top-k, so that no users x items matrix
+    larger than one chunk is built. The one chunked top-k loop of the zoo (evaluation, candidate export)."""
+    chunk = chunk_size if chunk_size > 0 else num_items
+    best_scores = best_items = None
+    for start in range(1, num_items + 1, chunk):
+        end = min(start + chunk, num_items + 1)
+        scores = score_chunk(start, end)
+        items = torch.arange(start, end, device=scores.device).expand_as(scores)
+        if best_scores is not None:
+            scores, items = torch.cat([best_scores, scores], dim=1), torch.cat([best_items, items], dim=1)
+        best_scores, order = scores.topk(min(k, scores.shape[1]), dim=1)
+        best_items = items.gather(1, order)
+    assert best_scores is not None and best_items is not None
+    return best_scores, best_items
+
+
+@torch.no_grad()
+def top_k_items(
+    score_chunk: Callable[[int, int], torch.Tensor], num_items: int, k: int, chunk_size: int = 0
+) -> torch.Tensor:
+    """The ``k`` best-scored items [B, k] (best first; padding is never included)."""
+    return running_top_k(lambda s, e: score_chunk(s, e).float(), num_items, k, chunk_size)[1]

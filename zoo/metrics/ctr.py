@@ -21,7 +21,6 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from zoo.errors import ConfigError, DataError
-from zoo.registry import METRICS
 
 LOGLOSS_EPS = 1e-15
 GAUC_WEIGHTS = ("impressions", "positives")
@@ -120,7 +119,6 @@ def _check(preds: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, tor
     return preds.double(), labels
 
 
-@METRICS.register("ctr")
 class CTRMetrics(Metric):
     """Accumulates predictions, labels (and users, for GAUC) over batches and DDP ranks; computes AUC, LogLoss and
     GAUC on everything at once (these metrics do not decompose into per-batch sums)."""

@@ -17,7 +17,6 @@ import torch
 from torchmetrics import Metric
 
 from zoo.errors import DataError
-from zoo.registry import METRICS
 
 
 def slot_counts(ranked: torch.Tensor, num_items: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,7 +41,6 @@ def generation_stats(ranked: torch.Tensor, num_items: int) -> dict[str, float]:
     return {"invalid_rate": float(invalid) / slots, "duplicate_rate": float(duplicate) / slots}
 
 
-@METRICS.register("generation")
 class GenerationMetrics(Metric):
     """Accumulates invalid-ID and duplicate rates of ranked lists over batches and DDP ranks (sums of slots)."""
 

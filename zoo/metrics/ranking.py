@@ -32,7 +32,6 @@ import torch
 from torchmetrics import Metric
 
 from zoo.errors import ConfigError, DataError
-from zoo.registry import METRICS
 
 MISS = 1 << 30  # rank of a target that is not ranked at all (absent from a ranked list)
 METRIC_NAMES = ("recall", "hr", "ndcg", "mrr", "precision")
@@ -188,7 +187,6 @@ def _metric_sums(ranks: torch.Tensor, ks: Sequence[int]) -> dict[str, torch.Tens
     return {f"{name}@{k}": sums[name][i] for i, k in enumerate(ks) for name in METRIC_NAMES}
 
 
-@METRICS.register("ranking")
 class RankingMetrics(Metric):
     """Accumulates the metrics above from target ranks over batches and DDP ranks.
 

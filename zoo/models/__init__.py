@@ -1,6 +1,7 @@
 """Methods: each a LightningModule on ``RecModel``, registered by name in ``zoo.registry.MODELS``."""
 
 from zoo.models import (
+    fm,  # noqa: F401  (registration)
     llm_rec,  # noqa: F401  (registration)
     palr,  # noqa: F401  (registration)
     pop,  # noqa: F401  (registration)

@@ -1,14 +1,25 @@
-"""The one base LightningModule every method subclasses (design contract 5).
+"""The one base LightningModule every method subclasses.
 
-It owns the train / validate / test loop, the optimiser, metric accumulation and logging. A method supplies:
+It owns the train / validate / test loop, the optimiser, metric accumulation and logging. A method declares its
+task family (``task``: "sequential", "generative" or "ctr"; ``zoo.tasks``) and supplies:
 
 * ``compute_loss(batch)`` using ``self.loss`` (built from ``loss:`` in the config; never chosen by ``if``),
-* and either **scores** -- ``user_state(batch)`` + ``score_state(state, start, end)`` giving scores of items
-  ``start..end-1`` (the base evaluates in item chunks when ``eval.item_chunk_size`` is set) --
-  or, for generative methods (``generative = True``), ``rank(batch, k)`` returning ranked item ids [B, k].
+* ``sequential``: ``user_state(batch)`` + ``score_state(state, start, end)``, the scores of items
+  ``start..end-1`` (the evaluator scores in item chunks when ``eval.item_chunk_size`` is set);
+* ``generative``: ``rank(batch, k, candidates=None)``, ranked item ids [B, k], restricted to each row's
+  ``candidates`` when given (or ``supports_candidates = False``: the builder refuses candidate protocols);
+* ``ctr``: ``predict(batch)``, the click logit of each (user, item) pair [B].
 
-Class attributes: ``Config`` (the dataclass that validates ``model:``), ``loss_kind`` (the loss family it feeds:
-"item", "token" or "none"), ``trainable`` (False: nothing to fit, e.g. ``pop``).
+Evaluation follows one :class:`zoo.evaluation.Protocol` (full, sampled, retriever candidates, mask-seen) applied
+by the family's evaluator. What a model reads from the data is the DataModule's small interface: ``num_items``,
+``num_users``, ``corpus`` (item text, user features), ``train_item_counts(split)`` and, for CTR models,
+``features``. It states what it needs back with ``data_spec()`` and finishes its set-up in ``prepare(datamodule)``
+(both called by ``zoo.build``). Upstream artifacts (Semantic IDs, a retriever's candidates, ...) come from
+``zoo.stages``, named by the class attribute ``stages`` and handed over in ``self.artifacts``.
+
+Class attributes: ``Config`` (the dataclass that validates ``model:``), ``task``, ``loss_kind`` (the loss family
+it feeds: "item", "token", "ctr" or "none"), ``trainable`` (False: nothing to fit, e.g. ``pop``),
+``test_overrides`` (dotted overrides that shrink the method for the registry-driven tests).
 """
 
 from __future__ import annotations
@@ -21,12 +32,10 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from zoo.data.datamodule import DataSpec, SequentialDataModule
+from zoo.data.datamodule import DataSpec
 from zoo.errors import ConfigError
 from zoo.losses import build_loss
-from zoo.metrics import MISS, RankingMetrics, ranks_from_lists, sampled_ranks, target_ranks
-from zoo.metrics.chunked import chunked_target_ranks
-from zoo.metrics.generation import GenerationMetrics
+from zoo.optim import configure
 
 FROZEN_KEY = "zoo_frozen_weights_left_out"
 
@@ -47,32 +56,46 @@ class ModelConfig:
 
 class RecModel(L.LightningModule):
     Config = ModelConfig
+    task = "sequential"
     loss_kind = "item"
-    generative = False
     trainable = True
+    supports_candidates = True  # generative: rank() restricts its lists to given candidates
+    stages: tuple[str, ...] = ()  # upstream stage artifacts this method needs (zoo.stages), in self.artifacts
+    test_overrides: tuple[str, ...] = ()
 
-    def __init__(self, cfg: DictConfig, datamodule: SequentialDataModule) -> None:
+    def __init__(self, cfg: DictConfig, datamodule, artifacts: dict | None = None) -> None:
+        from zoo.tasks import task_of
+
         super().__init__()
         self.cfg = cfg
-        self.hparams_cfg = cfg.model
         self.num_items = datamodule.num_items
         self.num_users = datamodule.num_users
+        self.artifacts = dict(artifacts or {})
         self.ks = tuple(cfg.eval.ks)
         self.loss = build_loss(cfg.loss) if self.loss_kind != "none" else None
-        self.val_metrics = RankingMetrics(self.ks)
-        self.test_metrics = RankingMetrics(self.ks)
-        if self.generative:  # how often the ranked lists hold invalid ids or repeat an item
-            self.val_generation = GenerationMetrics(self.num_items)
-            self.test_generation = GenerationMetrics(self.num_items)
+        family = task_of(type(self))
+        self.val_metrics = family.evaluator(self, self.ks)
+        self.test_metrics = family.evaluator(self, self.ks)
         self.test_results: dict[str, float] = {}
         self.save_hyperparameters({"config": OmegaConf.to_container(cfg, resolve=True)})
 
     # -- what a method supplies ---------------------------------------------------------------------------
+    @classmethod
+    def stages_for(cls, cfg: DictConfig) -> tuple[str, ...]:
+        """The upstream stages (``zoo.stages``) this method needs under ``cfg``; default: ``cls.stages``."""
+        return tuple(cls.stages)
+
+    @classmethod
+    def protocol_for(cls, cfg: DictConfig, protocol, artifacts: dict):
+        """The evaluation protocol this method runs under, given the configured one and its stage artifacts
+        (a re-ranker ranks its retriever's lists); default: the configured protocol."""
+        return protocol
+
     def data_spec(self) -> DataSpec:
         """What this method needs from the DataModule (training mode, history length, batch transform)."""
         return DataSpec()
 
-    def prepare(self, datamodule: SequentialDataModule) -> None:
+    def prepare(self, datamodule) -> None:
         """Called once the DataModule is connected, before training (count items, build Semantic IDs, ...)."""
 
     def compute_loss(self, batch: dict) -> torch.Tensor:
@@ -84,8 +107,11 @@ class RecModel(L.LightningModule):
     def score_state(self, state: Any, start: int, end: int) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement score_state (or be generative)")
 
-    def rank(self, batch: dict, k: int) -> torch.Tensor:
+    def rank(self, batch: dict, k: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} must implement rank")
+
+    def predict(self, batch: dict) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must implement predict (CTR models)")
 
     def reloadable_frozen_names(self) -> list[str]:
         """State-dict names of frozen weights that building this module again reproduces exactly (a pretrained
@@ -126,42 +152,19 @@ class RecModel(L.LightningModule):
         return self.score_state(self.user_state(batch), 0, self.num_items + 1)
 
     def eval_ranks(self, batch: dict) -> torch.Tensor:
-        targets = batch["target"]
-        if self.generative:
-            ranked = self.rank(batch, max(max(self.ks), self.cfg.eval.num_beams))
-            stage = "test" if self.trainer is not None and self.trainer.testing else "val"
-            getattr(self, f"{stage}_generation").update(ranked)
-            return ranks_from_lists(ranked, targets)
-        if "candidates" in batch:
-            return self.candidate_ranks(batch)
-        seen = batch["history"] if self.cfg.eval.mask_seen else None
-        chunk = self.cfg.eval.item_chunk_size
-        if chunk and chunk < self.num_items:
-            state = self.user_state(batch)
-            return chunked_target_ranks(
-                lambda s, e: self.score_state(state, s, e), targets, self.num_items, chunk, max(self.ks), seen
-            )
-        return target_ranks(self.score(batch), targets, seen)
-
-    def candidate_ranks(self, batch: dict) -> torch.Tensor:
-        """Rank of the target among the batch's candidate list (sampled 1+n, or a retriever's top-K): the same
-        pessimistic rule as full ranking; a target that is not in the list is a miss."""
-        targets, candidates = batch["target"], batch["candidates"]
-        with_target = torch.cat([targets.view(-1, 1), candidates], dim=1)
-        ranks = sampled_ranks(self.score(batch).gather(1, with_target), with_target)
-        present = (candidates == targets.view(-1, 1)).any(dim=1)
-        return torch.where(present, ranks, torch.full_like(ranks, MISS))
+        """Target ranks of an evaluation batch under the protocol (sequential and generative methods)."""
+        return self.test_metrics.ranks(self, batch)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss = self.compute_loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["history"]))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["user"]))
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self.val_metrics.update(self.eval_ranks(batch))
+        self.val_metrics.update(self, batch)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        self.test_metrics.update(self.eval_ranks(batch))
+        self.test_metrics.update(self, batch)
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
@@ -170,51 +173,11 @@ class RecModel(L.LightningModule):
         self.test_results = self._log_metrics("test")
 
     def _log_metrics(self, prefix: str) -> dict[str, float]:
-        metrics = [getattr(self, f"{prefix}_metrics")]
-        if self.generative:
-            metrics.append(getattr(self, f"{prefix}_generation"))
-        values = {}
-        for metric in metrics:
-            values.update({f"{prefix}/{k}": v.float() for k, v in metric.compute().items()})
-            metric.reset()
+        evaluator = getattr(self, f"{prefix}_metrics")
+        values = {f"{prefix}/{k}": v.float() for k, v in evaluator.compute().items()}
+        evaluator.reset()
         self.log_dict(values, prog_bar=False, sync_dist=False)
         return {k: float(v) for k, v in values.items()}
 
     def configure_optimizers(self):
-        opt_cfg = self.cfg.optim
-        params = [p for p in self.parameters() if p.requires_grad]
-        name = opt_cfg.name.lower()
-        if name in ("adam", "adamw"):
-            cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-            optimizer = cls(params, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay, betas=tuple(opt_cfg.betas))
-        elif name == "adagrad":
-            optimizer = torch.optim.Adagrad(params, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay)
-        elif name == "sgd":
-            optimizer = torch.optim.SGD(params, lr=opt_cfg.lr, weight_decay=opt_cfg.weight_decay, momentum=0.9)
-        else:
-            raise ConfigError(f"unknown optim.name '{opt_cfg.name}' (adam | adamw | adagrad | sgd)")
-        schedule = _lr_lambda(opt_cfg.scheduler, opt_cfg.warmup_steps, self.trainer)
-        if schedule is None:
-            return optimizer
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def _lr_lambda(kind: str, warmup: int, trainer):
-    warmup = max(int(warmup), 0)
-    if kind == "none":
-        return None
-    if kind == "inverse_sqrt":
-        w = max(warmup, 1)
-        return lambda step: min((step + 1) / w, math.sqrt(w / (step + 1)))
-    total = max(int(trainer.estimated_stepping_batches), 1) if trainer is not None else 1
-
-    def ramp(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-        return 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1.0 - progress
-
-    if kind in ("cosine", "linear"):
-        return ramp
-    raise ConfigError(f"unknown optim.scheduler '{kind}' (none | inverse_sqrt | cosine | linear)")
+        return configure(self, self.cfg.optim)

@@ -25,7 +25,6 @@ from zoo.registry import MODELS
 @dataclass
 class LLMRecConfig(ModelConfig, LLMConfig):
     name: str = "llmrec"
-    max_history: int = 10  # history items in the prompt (BIGRec / MSL windows hold at most 10)
     max_prompt_tokens: int = 512  # the oldest history titles are dropped beyond this
     domain: str = "items"  # prompt wording: books | toys | movies | beauty | items (zoo.data.prompts)
     instruction: Optional[str] = None  # overrides the domain's instruction
@@ -75,12 +74,14 @@ def encode_prompts(
 
 @MODELS.register("llmrec")
 class LLMRec(RecModel):
-    Config = LLMRecConfig
-    loss_kind = "token"
-    generative = True
+    """The prompt lists the last ``data.max_len`` history items (BIGRec / MSL windows hold at most 10)."""
 
-    def __init__(self, cfg, datamodule) -> None:
-        super().__init__(cfg, datamodule)
+    Config = LLMRecConfig
+    task = "generative"
+    loss_kind = "token"
+
+    def __init__(self, cfg, datamodule, artifacts: dict | None = None) -> None:
+        super().__init__(cfg, datamodule, artifacts)
         m = cfg.model
         self.backbone = CausalLMBackbone(m)
         titles = datamodule.corpus.item_text.get("title")
@@ -98,7 +99,7 @@ class LLMRec(RecModel):
     def data_spec(self) -> DataSpec:
         instruction, prefix = self._instruction()
         encoder = HistoryPromptEncoder(self.prompts, self.titles, instruction, prefix, self.backbone.pad_token_id)
-        return DataSpec(train_mode="prefix", max_len=self.cfg.model.max_history, transform=encoder)
+        return DataSpec(train_mode="prefix", transform=encoder)
 
     def reloadable_frozen_names(self) -> list[str]:
         return [f"backbone.{name}" for name in self.backbone.reloadable_frozen_names()]
@@ -119,12 +120,15 @@ class LLMRec(RecModel):
             self.log("train/tau", tau, batch_size=len(labels))
         return loss
 
-    def rank(self, batch: dict, k: int) -> torch.Tensor:
+    def rank(self, batch: dict, k: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """Beam search over the titles of all items, or of each row's ``candidates``."""
         items, _ = generate_items(
             self.backbone,
             batch["prompt_ids"],
             batch["prompt_mask"],
             self.titles.trie,
             num_beams=k,
+            candidates=candidates,
+            sequences=self.titles.sequences,
         )
         return items

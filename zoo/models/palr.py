@@ -1,11 +1,13 @@
 """PALR (Yang et al., 2023): an LLM re-ranks a retriever's candidates.
 
-Stage 1 (retrieval) is another model's job: by default the candidates file of ``data.candidates_path``
-(``zoo.data.candidates`` format, e.g. SASRec's top-50: ``python -m zoo.run recipe=sasrec_ml100k
-model.export_candidates_k=50`` writes ``<run_dir>/candidates.npz``); ``model.retriever=popularity`` instead takes
-the most popular items the user has not interacted with (a weak stage 1 that needs no other run).
+Stage 1 (retrieval) is another model's job. By default (``model.retriever=stage``) it is the ``retriever`` stage of
+``zoo.stages``: ``model.retriever_recipe`` (default ``sasrec_<dataset>``) is trained once on the same data, its
+top-``model.retriever_k`` lists are exported and cached, and later runs reuse them. ``model.retriever=file`` reads
+the lists of ``data.candidates_path`` instead (``zoo.data.candidates`` format); ``model.retriever=popularity``
+takes the most popular items the user has not interacted with (a weak stage 1 that needs no other run). The
+evaluation protocol is then "the retriever's lists": a target the retriever missed is a miss.
 
-Stage 2: a causal LM reads an instruction prompt with the user's history (at most ``max_history`` titles), an
+Stage 2: a causal LM reads an instruction prompt with the user's history (at most ``data.max_len`` titles; PALR: 20), an
 optional LLM-written user profile (``model.profile_path``: the JSONL cache of ``zoo.llm_text``, keyed by raw user
 id) and, for the retrieval task, the candidate titles, and generates the title of the recommended item. Training
 mixes the paper's two instruction tasks per example (a seeded draw, the same every epoch):
@@ -22,7 +24,7 @@ under its own virtual root token: ``TitleTrie.candidate_trie``). The loss is any
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -34,20 +36,21 @@ from zoo.data.prompts import HEADER, RESPONSE, PromptTokens
 from zoo.errors import ConfigError, DataError
 from zoo.llm_text import TextCache
 from zoo.models.llm_rec import LLMRec, LLMRecConfig, encode_prompts
-from zoo.modules.llm import generate_items
 from zoo.modules.title_trie import TitleTrie
 from zoo.registry import MODELS
 
-RETRIEVERS = ("file", "popularity")
+RETRIEVERS = ("stage", "file", "popularity")
 RETRIEVAL_INSTRUCTION = " Choose the answer from the candidates."
 
 
 @dataclass
 class PALRConfig(LLMRecConfig):
     name: str = "palr"
-    max_history: int = 20  # PALR: at most 20 history items
     max_prompt_tokens: int = 1024  # history titles are dropped (oldest first) beyond this; candidates never
-    retriever: str = "file"  # file: data.candidates_path | popularity: most popular unseen items
+    retriever: str = "stage"  # stage: train retriever_recipe | file: data.candidates_path | popularity
+    retriever_recipe: Optional[str] = None  # the stage's recipe (default sasrec_<data.name>)
+    retriever_overrides: list[str] = field(default_factory=list)  # dotted overrides of that recipe
+    retriever_k: int = 50  # candidates the stage exports per user
     num_candidates: int = 50  # candidates shown (the first of the retriever's list)
     retrieval_task_ratio: float = 0.5  # share of training examples posed as Recommend_Retrieval
     profile_path: Optional[str] = None  # JSONL user profiles from zoo.llm_text (key = raw user id)
@@ -134,12 +137,31 @@ class PALR(LLMRec):
     Config = PALRConfig
     test_overrides = ("model.retriever=popularity", "model.num_candidates=10")
 
-    def __init__(self, cfg, datamodule) -> None:
-        super().__init__(cfg, datamodule)
+    @classmethod
+    def stages_for(cls, cfg) -> tuple[str, ...]:
+        return ("retriever",) if cfg.model.retriever == "stage" else ()
+
+    @classmethod
+    def protocol_for(cls, cfg, protocol, artifacts):
+        """PALR ranks its retriever's lists: the stage's candidates file under ``model.retriever=stage``."""
+        from zoo.evaluation import Protocol
+
+        if cfg.model.retriever != "stage":
+            return protocol
+        if protocol.candidates != "full":
+            raise ConfigError(
+                "palr with model.retriever=stage ranks the stage's candidates: leave data.eval_candidates and "
+                "data.candidates_path unset (or use model.retriever=file)"
+            )
+        path = str(artifacts["retriever"].file("candidates.npz"))
+        return Protocol("retriever", 0, path, protocol.mask_seen)
+
+    def __init__(self, cfg, datamodule, artifacts: dict | None = None) -> None:
+        super().__init__(cfg, datamodule, artifacts)
         m = cfg.model
         if m.retriever not in RETRIEVERS:
             raise ConfigError(f"unknown model.retriever '{m.retriever}' ({' | '.join(RETRIEVERS)})")
-        if m.retriever == "file" and not cfg.data.candidates_path:
+        if m.retriever in ("file", "stage") and not cfg.data.candidates_path:
             raise ConfigError(
                 "palr with model.retriever=file needs data.candidates_path=<retriever run>/candidates.npz "
                 "(e.g. python -m zoo.run recipe=sasrec_ml100k model.export_candidates_k=50), "
@@ -167,12 +189,8 @@ class PALR(LLMRec):
             self._profiles,
             self._popular,
         )
-        return DataSpec(train_mode="prefix", max_len=self.cfg.model.max_history, transform=encoder)
+        return DataSpec(train_mode="prefix", transform=encoder)
 
-    def rank(self, batch: dict, k: int) -> torch.Tensor:
+    def rank(self, batch: dict, k: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
         """The candidates re-ranked: beam search constrained to each row's candidate titles ([B, k])."""
-        trie, _ = self.titles.candidate_trie(batch["candidates"])
-        items, _ = generate_items(
-            self.backbone, batch["prompt_ids"], batch["prompt_mask"], trie, num_beams=k, row_prefixed=True
-        )
-        return items
+        return super().rank(batch, k, batch["candidates"] if candidates is None else candidates)

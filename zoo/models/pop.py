@@ -14,8 +14,8 @@ class MostPopular(RecModel):
     loss_kind = "none"
     trainable = False
 
-    def __init__(self, cfg, datamodule) -> None:
-        super().__init__(cfg, datamodule)
+    def __init__(self, cfg, datamodule, artifacts: dict | None = None) -> None:
+        super().__init__(cfg, datamodule, artifacts)
         self.register_buffer("val_counts", torch.zeros(self.num_items + 1))
         self.register_buffer("test_counts", torch.zeros(self.num_items + 1))
 

@@ -1,42 +1,33 @@
-"""The Semantic-ID stage: item text -> embeddings -> RQ-VAE -> unique Semantic IDs, each step cached on disk.
+"""The RQ-VAE of Semantic IDs: item text -> embeddings -> RQ-VAE -> unique Semantic IDs.
 
-Any Semantic-ID method calls :func:`build_semantic_ids`; the ``rqvae`` model runs this stage alone
-(``python -m zoo.run recipe=rqvae_beauty``) and reports reconstruction, codebook usage and collisions.
-
-Caches live under ``model.cache_dir`` (else ``$ZOO_CACHE_DIR``, else ``<run_root>/cache``):
-``embeddings/<corpus>-<encoder>-<key>.npy`` and ``semantic_ids/<corpus>-<key>.npz`` (+ the RQ-VAE weights as
-``.pt``), keyed by the exact item sentences, encoder, RQ-VAE settings and seed.
+The ``item_embeddings`` and ``semantic_ids`` stages of ``zoo.stages`` produce and cache them (keyed by the corpus,
+encoder, fields, RQ-VAE settings and seed); a Semantic-ID method names the ``semantic_ids`` stage. The ``rqvae``
+model runs the stage alone (``python -m zoo.run recipe=rqvae_beauty``), rebuilding its cache entry, and reports
+reconstruction, codebook usage and collisions.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import logging
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.data.corpus import Corpus
 from zoo.data.datamodule import BatchIndexSampler
-from zoo.errors import ConfigError
-from zoo.io import atomic_path
 from zoo.models.base import ModelConfig
-from zoo.modules.rqvae import RQVAE, add_collision_codes, codebook_stats, collision_rate
-from zoo.modules.text_encoder import DEFAULT_ENCODER, item_embeddings
+from zoo.modules.rqvae import RQVAE, codebook_stats, collision_rate
+from zoo.modules.text_encoder import DEFAULT_ENCODER
+from zoo.optim import build_optimizer
 from zoo.registry import MODELS
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "ZOO_CACHE_DIR"
 MONITOR = "rqvae/loss"  # the full-catalogue RQ-VAE loss (reconstruction + quantisation); the stage minimises it
 
 
@@ -64,22 +55,12 @@ class SemanticIdConfig(ModelConfig):
     text_encoder: str = DEFAULT_ENCODER  # a sentence-transformers name or path (paper: sentence-t5-xxl)
     text_fields: list[str] = field(default_factory=lambda: ["title", "price", "brand", "categories", "genres"])
     encode_batch_size: int = 256
-    cache_dir: str | None = None  # else $ZOO_CACHE_DIR, else <run_root>/cache
     rqvae: RQVAEConfig = field(default_factory=RQVAEConfig)
 
 
 @dataclass
 class RQVAEStageConfig(SemanticIdConfig):
     name: str = "rqvae"
-
-
-@dataclass
-class SemanticIds:
-    codes: np.ndarray  # [N, num_levels + 1] codes of items 1..N; the last column separates collisions
-    metrics: dict[str, float]  # rqvae/* metrics of the model that produced them
-    path: Path  # the cache file
-    reused: bool
-    is_global_zero: bool = True  # False on the other ranks of a multi-process RQ-VAE run
 
 
 class _ItemBatches(Dataset):
@@ -183,42 +164,22 @@ class RQVAEModule(L.LightningModule):
         return codes_np, self._summary(codes_np, recon / len(x), quant / len(x))
 
     def configure_optimizers(self):
-        name, lr, wd = self.rq_cfg.optimizer.lower(), self.rq_cfg.lr, self.rq_cfg.weight_decay
-        if name == "adagrad":
-            return torch.optim.Adagrad(self.parameters(), lr=lr, weight_decay=wd)
-        if name == "adam":
-            return torch.optim.Adam(self.parameters(), lr=lr, weight_decay=wd)
-        if name == "adamw":
-            return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=wd)
-        raise ConfigError(f"unknown model.rqvae.optimizer '{self.rq_cfg.optimizer}' (adagrad | adam | adamw)")
+        return build_optimizer(self.parameters(), self.rq_cfg.optimizer, self.rq_cfg.lr, self.rq_cfg.weight_decay)
 
     # -- the standalone stage ---------------------------------------------------------------------------------
     @classmethod
     def run_standalone(cls, cfg: DictConfig, run_dir: Path) -> tuple[dict[str, float], bool]:
-        """``python -m zoo.run recipe=rqvae_<dataset>``: (re)train the RQ-VAE, refresh the Semantic-ID cache."""
+        """``python -m zoo.run recipe=rqvae_<dataset>``: (re)train the RQ-VAE, refresh the Semantic-ID stage."""
         from zoo.data.loading import load_corpus
+        from zoo.stages import load_codes, resolve
 
         corpus = load_corpus(cfg.data)
-        ids = build_semantic_ids(cfg, corpus, run_dir, reuse=False, single_device=False)
-        metrics = dict(ids.metrics)
-        metrics["rqvae/num_items"] = float(len(ids.codes))
-        metrics["rqvae/max_collision_index"] = float(ids.codes[:, -1].max()) if len(ids.codes) else 0.0
-        return metrics, ids.is_global_zero
-
-
-def cache_root(cfg: DictConfig) -> Path:
-    """Where stage outputs are cached: ``model.cache_dir``, else ``$ZOO_CACHE_DIR``, else ``<run_root>/cache``."""
-    if cfg.model.get("cache_dir"):
-        return Path(cfg.model.cache_dir)
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV])
-    return Path(cfg.run_root) / "cache"
-
-
-def semantic_id_cache_key(embedding_key: str, rq_cfg, seed: int) -> str:
-    settings = OmegaConf.to_container(rq_cfg, resolve=True) if isinstance(rq_cfg, DictConfig) else dict(rq_cfg)
-    blob = json.dumps({"embeddings": embedding_key, "rqvae": settings, "seed": seed, "format": 1}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        artifact = resolve("semantic_ids", cfg, corpus, rebuild=True)
+        codes = load_codes(artifact)
+        metrics = dict(artifact.metrics)
+        metrics["rqvae/num_items"] = float(len(codes))
+        metrics["rqvae/max_collision_index"] = float(codes[:, -1].max()) if len(codes) else 0.0
+        return metrics, True
 
 
 def _stage_trainer_config(cfg: DictConfig, single_device: bool) -> DictConfig:
@@ -250,43 +211,3 @@ def train_rqvae(
     trainer = build_trainer(_stage_trainer_config(cfg, single_device), module, run_dir)
     trainer.fit(module)
     return module, trainer.is_global_zero
-
-
-def build_semantic_ids(
-    cfg: DictConfig, corpus: Corpus, run_dir: Path, reuse: bool = True, single_device: bool = True
-) -> SemanticIds:
-    """Semantic IDs of every item of ``corpus``: loaded from the cache when ``reuse`` and present, else computed
-    (embeddings -> RQ-VAE training -> codes + collision column) and cached atomically."""
-    mcfg = cfg.model
-    root = cache_root(cfg)
-    started = time.time()
-    embeddings, embed_key = item_embeddings(
-        corpus, mcfg.text_encoder, list(mcfg.text_fields), root, mcfg.encode_batch_size, _encode_device(cfg)
-    )
-    embed_seconds = time.time() - started
-    key = semantic_id_cache_key(embed_key, mcfg.rqvae, cfg.seed)
-    path = root / "semantic_ids" / f"{corpus.name}-{key}.npz"
-    if reuse and path.is_file():
-        with np.load(path) as data:
-            codes, metrics = data["codes"], json.loads(str(data["metrics"]))
-        metrics = {k: v for k, v in metrics.items() if not k.startswith("time/")}  # timings of another run
-        log.info("Semantic IDs: reusing %s", path)
-        return SemanticIds(codes=codes, metrics=metrics, path=path, reused=True)
-    started = time.time()
-    module, is_zero = train_rqvae(cfg, embeddings, run_dir, single_device)
-    raw_codes, metrics = module.catalogue_metrics()
-    metrics["time/embeddings_s"] = round(embed_seconds, 3)
-    metrics["time/rqvae_s"] = round(time.time() - started, 3)
-    codes = add_collision_codes(raw_codes)
-    with atomic_path(path.with_suffix(".pt")) as tmp:
-        torch.save(module.model.state_dict(), tmp)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, codes=codes, metrics=json.dumps(metrics))
-    log.info("Semantic IDs: wrote %s (collision rate %.4f)", path, metrics["rqvae/collision_rate"])
-    return SemanticIds(codes=codes, metrics=metrics, path=path, reused=False, is_global_zero=is_zero)
-
-
-def _encode_device(cfg: DictConfig) -> str:
-    accelerator = cfg.trainer.accelerator or ("cpu" if cfg.trainer.preset in ("cpu", "ddp_cpu") else "gpu")
-    return "cuda" if accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"

@@ -5,7 +5,7 @@ collaborative encoder (:meth:`SASRec.item_embeddings`, :meth:`SASRec.user_states
 Trains in ``sequence`` mode: one row per user, the loss at every non-padded position (the next item of each
 prefix), which supervises the same (prefix -> next item) pairs as one example per prefix in a single pass. A
 training part longer than ``data.max_len`` would lose its older pairs (MovieLens users have hundreds of items):
-with ``model.train_len`` > ``data.max_len`` the row keeps its last ``train_len`` items and is cut into overlapping
+with ``data.train_len`` > ``data.max_len`` the row keeps its last ``train_len`` items and is cut into overlapping
 windows of ``max_len`` (stride ``max_len // 2``) in which every pair is trained exactly once, with at least half a
 window of context, close to RecBole's one example per prefix at a fraction of its cost. Any
 ``item`` loss of the registry plugs in (``ce`` full softmax, ``bce``, ``bpr``, ``sampled_softmax``): the model is
@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from zoo.data.candidates import save_candidates
 from zoo.data.datamodule import DataSpec, ExampleDataset, Examples, SequentialDataModule
 from zoo.errors import ConfigError
+from zoo.metrics.chunked import top_k_items
 from zoo.models.base import ModelConfig, RecModel
 from zoo.modules.sequence_encoder import SequenceEncoder
 from zoo.registry import MODELS
@@ -41,7 +42,6 @@ class SASRecConfig(ModelConfig):
     activation: str = "gelu"  # gelu | relu
     layer_norm_eps: float = 1e-12
     init_std: float = 0.02
-    train_len: int = 0  # most recent items of a training row (0 = data.max_len); longer rows are cut in windows
     export_candidates_k: int = 0  # > 0: write <run_dir>/candidates.npz (top-k per user) after testing
 
 
@@ -50,15 +50,12 @@ class SASRec(RecModel):
     Config = SASRecConfig
     loss_kind = "item"
 
-    def __init__(self, cfg, datamodule: SequentialDataModule) -> None:
-        super().__init__(cfg, datamodule)
+    def __init__(self, cfg, datamodule: SequentialDataModule, artifacts: dict | None = None) -> None:
+        super().__init__(cfg, datamodule, artifacts)
         m = cfg.model
         if m.export_candidates_k < 0 or m.export_candidates_k > self.num_items:
             raise ConfigError(f"model.export_candidates_k must be in 0..{self.num_items}, got {m.export_candidates_k}")
         self.max_len = int(cfg.data.max_len)
-        if m.train_len < 0:
-            raise ConfigError(f"model.train_len must be >= 0, got {m.train_len}")
-        self.train_len = max(int(m.train_len), self.max_len)
         self.encoder = SequenceEncoder(
             num_items=self.num_items,
             max_len=self.max_len,
@@ -74,7 +71,7 @@ class SASRec(RecModel):
         )
 
     def data_spec(self) -> DataSpec:
-        return DataSpec(train_mode="sequence", max_len=self.train_len)
+        return DataSpec(train_mode="sequence")
 
     def prepare(self, datamodule: SequentialDataModule) -> None:
         """Hand the loss the training item counts (used by popularity-sampled softmax; ignored by the others)."""
@@ -157,24 +154,6 @@ def candidate_examples(datamodule: SequentialDataModule, split: str) -> Examples
     return datamodule.examples(split)
 
 
-@torch.no_grad()
-def top_k_items(model: RecModel, batch: dict, k: int, chunk_size: int = 0) -> torch.Tensor:
-    """The ``k`` best-scored items [B, k] (best first, padding never included); items are scored in chunks of
-    ``chunk_size`` (0 = all at once) so that no users x items matrix larger than one chunk is built."""
-    state = model.user_state(batch)
-    chunk = chunk_size if chunk_size > 0 else model.num_items
-    best_scores = best_items = None
-    for start in range(1, model.num_items + 1, chunk):
-        end = min(start + chunk, model.num_items + 1)
-        scores = model.score_state(state, start, end).float()
-        items = torch.arange(start, end, device=scores.device).expand_as(scores)
-        if best_scores is not None:
-            scores, items = torch.cat([best_scores, scores], dim=1), torch.cat([best_items, items], dim=1)
-        best_scores, order = scores.topk(min(k, scores.shape[1]), dim=1)
-        best_items = items.gather(1, order)
-    return best_items
-
-
 def export_candidates(model: RecModel, datamodule: SequentialDataModule, k: int, path: str | Path) -> Path:
     """Write the top-``k`` items of every user for the splits train, val and test to ``path``
     (:func:`zoo.data.candidates.save_candidates` format; see :func:`candidate_examples` for the histories)."""
@@ -192,7 +171,8 @@ def export_candidates(model: RecModel, datamodule: SequentialDataModule, k: int,
         for start in range(0, len(examples), batch_size):
             batch = rows[list(range(start, min(start + batch_size, len(examples))))]
             batch = {key: value.to(model.device) if torch.is_tensor(value) else value for key, value in batch.items()}
-            tops.append(top_k_items(model, batch, k, chunk_size).cpu())
+            state = model.user_state(batch)
+            tops.append(top_k_items(lambda s, e, state=state: model.score_state(state, s, e), model.num_items, k, chunk_size).cpu())
         items = torch.cat(tops).numpy() if tops else np.zeros((0, k), dtype=np.int64)
         lists[split] = (examples.user, items)
     model.train(was_training)

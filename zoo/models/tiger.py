@@ -1,8 +1,8 @@
 """TIGER (Rajput et al., NeurIPS 2023): generative retrieval with Semantic IDs.
 
-``prepare`` computes (or loads from the cache) the item embeddings and the RQ-VAE Semantic IDs
-(``zoo.models.rqvae.build_semantic_ids``); a T5 encoder-decoder trained from scratch reads a hashed user token
-and the Semantic IDs of the last ``max_history`` items and generates the next item's Semantic ID; inference is a
+The item embeddings and the RQ-VAE Semantic IDs come from the ``semantic_ids`` stage (``zoo.stages``: computed
+once, cached, reused); a T5 encoder-decoder trained from scratch reads a hashed user token
+and the Semantic IDs of the last ``data.max_len`` items and generates the next item's Semantic ID; inference is a
 beam search constrained by the prefix trie of valid IDs, so every recommended ID is a real item.
 
 Vocabulary: 0 = padding (also the decoder start token), 1 = end of input, then ``num_levels + 1`` blocks of
@@ -12,9 +12,7 @@ Vocabulary: 0 = padding (also the decoder start token), 1 = end of input, then `
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
@@ -22,8 +20,8 @@ from transformers import T5Config, T5ForConditionalGeneration
 from zoo.data.datamodule import DataSpec, SequentialDataModule
 from zoo.errors import ConfigError
 from zoo.models.base import RecModel
-from zoo.models.rqvae import SemanticIdConfig, build_semantic_ids
-from zoo.modules.beam_search import BeamSearchResult, beam_search
+from zoo.models.rqvae import SemanticIdConfig
+from zoo.modules.beam_search import BeamSearchResult, beam_search, candidate_beam_search
 from zoo.modules.trie import ItemTrie
 from zoo.registry import MODELS
 
@@ -44,7 +42,6 @@ class TigerConfig(SemanticIdConfig):
     relative_attention_num_buckets: int = 32
     relative_attention_max_distance: int = 128
     num_user_tokens: int = 2000  # user index mod this many user tokens
-    max_history: int = 20  # items read per example (the most recent ones)
     length_groups: int = 4  # run each batch as this many groups of similar input length, each padded only to its
     # own longest row: the same result with far fewer padded tokens (Beauty: median history 4 of 20 items)
 
@@ -147,8 +144,8 @@ class T5StepDecoder:
 @MODELS.register("tiger")
 class Tiger(RecModel):
     Config = TigerConfig
+    task = "generative"
     loss_kind = "token"
-    generative = True
     test_overrides = (  # tests/test_methods.py: a tiny T5 and a short RQ-VAE stage
         "model.d_model=32",
         "model.num_heads=2",
@@ -164,8 +161,10 @@ class Tiger(RecModel):
         "trainer.check_val_every_n_epoch=1",
     )
 
-    def __init__(self, cfg, datamodule: SequentialDataModule) -> None:
-        super().__init__(cfg, datamodule)
+    stages = ("semantic_ids",)
+
+    def __init__(self, cfg, datamodule: SequentialDataModule, artifacts: dict | None = None) -> None:
+        super().__init__(cfg, datamodule, artifacts)
         m = cfg.model
         self.codebook_size = m.rqvae.codebook_size
         self.id_length = m.rqvae.num_levels + 1  # + the collision code
@@ -196,16 +195,16 @@ class Tiger(RecModel):
         self.semantic_id_metrics: dict[str, float] = {}
 
     def data_spec(self) -> DataSpec:
-        return DataSpec(train_mode="prefix", max_len=self.cfg.model.max_history, transform=self.inputs)
+        return DataSpec(train_mode="prefix", transform=self.inputs)
 
     def prepare(self, datamodule: SequentialDataModule) -> None:
-        """Compute or load the Semantic IDs, build the token table and the trie of valid IDs."""
-        from zoo.run import RUN_DIR_ENV
+        """Install the Semantic IDs of the ``semantic_ids`` stage: the token table and the trie of valid IDs."""
+        from zoo.stages import load_codes
 
-        stage_dir = Path(os.environ.get(RUN_DIR_ENV) or self.cfg.run_root) / "rqvae"
-        ids = build_semantic_ids(self.cfg, datamodule.corpus, stage_dir, reuse=True, single_device=True)
-        self.set_semantic_ids(torch.as_tensor(ids.codes))
-        self.semantic_id_metrics = {**ids.metrics, "rqvae/reused_cache": float(ids.reused)}
+        artifact = self.artifacts["semantic_ids"]
+        self.set_semantic_ids(torch.as_tensor(load_codes(artifact)))
+        metrics = {k: v for k, v in artifact.metrics.items() if not k.startswith("time/") or not artifact.reused}
+        self.semantic_id_metrics = {**metrics, "rqvae/reused_cache": float(artifact.reused)}
 
     def set_semantic_ids(self, codes: torch.Tensor) -> None:
         """Install the Semantic IDs of items 1..N ([N, num_levels + 1] codes, last column = collision code)."""
@@ -280,8 +279,13 @@ class Tiger(RecModel):
             tokens=torch.cat(tokens)[back],
         )
 
-    def rank(self, batch: dict, k: int) -> torch.Tensor:
-        return self.decode(batch, max(k, self.cfg.eval.num_beams)).items[:, :k]
+    def rank(self, batch: dict, k: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """Beam search over the Semantic IDs of all items, or of each row's ``candidates``."""
+        if candidates is None:
+            return self.decode(batch, max(k, self.cfg.eval.num_beams)).items[:, :k]
+        sequences = self.item_tokens.tolist()
+        step = T5StepDecoder(self.t5, batch["input_ids"], batch["attention_mask"])
+        return candidate_beam_search(step, sequences, candidates, self.vocab_size, k, pad_token=PAD).items
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()

@@ -137,3 +137,52 @@ def _constrained_step(
     new_nodes = torch.where(empty, torch.full_like(pick, -1), cand_node[pick])
     new_scores = torch.where(empty, torch.full(pick.shape, float("-inf"), device=logp.device), cand_score[pick])
     return parents, tokens, new_nodes, new_scores
+
+
+class RowPrefixScorer:
+    """Adapts any step function to a trie whose sequences start with a per-row virtual token ``vocab_size + row``
+    (:func:`zoo.modules.trie.candidate_trie`, per-row candidate sets): the first step emits row b's token with
+    probability 1; the second returns the wrapped scorer's first logits for every beam (all continue the one
+    virtual-token beam, hence parent 0 at the third step); logits are padded with -inf for the virtual tokens."""
+
+    def __init__(self, step: StepFn, vocab_size: int, batch_size: int, device=None) -> None:
+        self.step = step
+        self.vocab_size = vocab_size
+        self.batch_size = batch_size
+        self.device = device
+        self.calls = 0
+
+    def _pad(self, logits: torch.Tensor) -> torch.Tensor:
+        pad = logits.new_full((*logits.shape[:-1], self.batch_size), float("-inf"))
+        return torch.cat([logits, pad], dim=-1)
+
+    def __call__(self, parents: torch.Tensor | None, tokens: torch.Tensor | None) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 1:
+            first = torch.full((self.batch_size, 1, self.vocab_size + self.batch_size), float("-inf"))
+            first[torch.arange(self.batch_size), 0, self.vocab_size + torch.arange(self.batch_size)] = 0.0
+            return first.to(self.device) if self.device is not None else first
+        if self.calls == 2:  # the row token was "generated": each beam continues from the prompt's first logits
+            logits = self.step(None, None)
+            return self._pad(logits.expand(-1, parents.shape[1], -1))
+        if self.calls == 3:
+            parents = torch.zeros_like(parents)
+        return self._pad(self.step(parents, tokens))
+
+
+def candidate_beam_search(
+    step: StepFn,
+    sequences,
+    candidates: torch.Tensor,
+    vocab_size: int,
+    num_beams: int,
+    pad_token: int = 0,
+) -> BeamSearchResult:
+    """Beam search restricted to each row's candidate items (``candidates`` [B, K] item ids, 0 = none):
+    ``sequences[i]`` is the token sequence of item ``i`` (index 0 unused)."""
+    from zoo.modules.trie import candidate_trie
+
+    trie = candidate_trie(sequences, candidates, vocab_size).to(candidates.device)
+    scorer = RowPrefixScorer(step, vocab_size, len(candidates), candidates.device)
+    result = beam_search(scorer, trie, len(candidates), num_beams, pad_token=pad_token)
+    return BeamSearchResult(result.items, result.scores, result.tokens[:, :, 1:])

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from zoo.errors import ConfigError
-from zoo.modules.beam_search import beam_search
+from zoo.modules.beam_search import beam_search, candidate_beam_search
 from zoo.modules.trie import ItemTrie
 
 TINY_LLAMA = "tiny-llama"
@@ -258,33 +258,6 @@ class KVCacheScorer:
         return logits.view(*parents.shape, -1)
 
 
-class RowPrefixScorer:
-    """Adapts a scorer to a trie whose sequences start with a per-row virtual token ``vocab_size + row`` (see
-    ``TitleTrie.candidate_trie``): the first step emits row b's token with probability 1, the second returns the
-    wrapped scorer's first logits; all logits are padded with -inf for the virtual tokens."""
-
-    def __init__(self, scorer, vocab_size: int, batch_size: int) -> None:
-        self.scorer = scorer
-        self.vocab_size = vocab_size
-        self.batch_size = batch_size
-        self.calls = 0
-
-    def _pad(self, logits: torch.Tensor) -> torch.Tensor:
-        pad = logits.new_full((*logits.shape[:-1], self.batch_size), float("-inf"))
-        return torch.cat([logits, pad], dim=-1)
-
-    def __call__(self, parents: torch.Tensor | None, tokens: torch.Tensor | None) -> torch.Tensor:
-        self.calls += 1
-        if self.calls == 1:
-            first = torch.full((self.batch_size, 1, self.vocab_size + self.batch_size), float("-inf"))
-            first[torch.arange(self.batch_size), 0, self.vocab_size + torch.arange(self.batch_size)] = 0.0
-            return first.to(self.scorer.first_logits.device)
-        if self.calls == 2:  # the row token was "generated": each beam continues from its prompt's first logits
-            self.scorer.reorder(parents)
-            return self._pad(self.scorer.first_logits[:, None].expand(-1, parents.shape[1], -1))
-        return self._pad(self.scorer(parents, tokens))
-
-
 @torch.no_grad()
 def generate_items(
     backbone: CausalLMBackbone,
@@ -292,14 +265,18 @@ def generate_items(
     attention_mask: torch.Tensor,
     trie: ItemTrie,
     num_beams: int,
-    row_prefixed: bool = False,
+    candidates: torch.Tensor | None = None,
+    sequences=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ranked item ids [B, num_beams] (0 = fewer items found) and their log-probabilities, decoded after each
-    left-padded prompt by beam search constrained to ``trie`` (``zoo.modules.beam_search``). ``row_prefixed``:
-    the trie starts every sequence with the row's virtual token (per-row candidate sets)."""
-    trie.to(input_ids.device)
+    left-padded prompt by beam search constrained to ``trie`` (``zoo.modules.beam_search``), or, with
+    ``candidates`` ([B, K] item ids), to each row's candidates (``sequences[i]`` = item i's tokens)."""
     scorer = KVCacheScorer(backbone, input_ids, attention_mask)
-    if row_prefixed:
-        scorer = RowPrefixScorer(scorer, backbone.vocab_size, len(input_ids))
+    if candidates is not None:
+        result = candidate_beam_search(
+            scorer, sequences, candidates.to(input_ids.device), backbone.vocab_size, num_beams, backbone.pad_token_id
+        )
+        return result.items, result.scores
+    trie.to(input_ids.device)
     result = beam_search(scorer, trie, len(input_ids), num_beams, pad_token=backbone.pad_token_id)
     return result.items, result.scores

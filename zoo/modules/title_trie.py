@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from zoo.errors import DataError
-from zoo.modules.trie import ItemTrie
+from zoo.modules.trie import ItemTrie, candidate_trie
 
 _PLACEHOLDER = re.compile(r"^title_\d+$")
 
@@ -77,16 +77,8 @@ class TitleTrie:
         return self.sequences[item]
 
     def candidate_trie(self, candidates: torch.Tensor) -> tuple[ItemTrie, torch.Tensor]:
-        """One trie for a batch of per-row candidate sets ([B, K] item ids, 0 = none), so that beam search over
-        row b can only produce row b's candidates: every sequence is prefixed with a virtual token
-        ``vocab_size + b`` (never produced by the model). Returns the trie and each row's start node."""
-        rows, items = [], []
-        for b, row in enumerate(candidates.tolist()):
-            for item in dict.fromkeys(i for i in row if i > 0):
-                rows.append(b)
-                items.append(item)
-        sequences = [[self.vocab_size + b] + self.sequences[i] for b, i in zip(rows, items)]
-        trie = ItemTrie(sequences, items, vocab_size=self.vocab_size + len(candidates))
+        """The trie of :func:`zoo.modules.trie.candidate_trie` over the titles, and each row's start node."""
+        trie = candidate_trie(self.sequences, candidates, self.vocab_size)
         starts = trie.step(
             torch.zeros(len(candidates), dtype=torch.long), self.vocab_size + torch.arange(len(candidates))
         )

@@ -114,3 +114,17 @@ class ItemTrie:
     def item(self, nodes: torch.Tensor) -> torch.Tensor:
         """Item id whose sequence ends at each node (0 if none)."""
         return torch.where(nodes >= 0, self.node_item[nodes.clamp(min=0)], torch.zeros_like(nodes))
+
+
+def candidate_trie(sequences, candidates: torch.Tensor, vocab_size: int) -> ItemTrie:
+    """One trie for a batch of per-row candidate sets ([B, K] item ids, 0 = none; ``sequences[i]`` is item i's
+    token sequence), so that beam search over row b can only produce row b's candidates: every sequence is
+    prefixed with a virtual token ``vocab_size + b`` that the model never produces (see
+    ``zoo.modules.beam_search.RowPrefixScorer``)."""
+    rows, items = [], []
+    for b, row in enumerate(candidates.tolist()):
+        for item in dict.fromkeys(i for i in row if i > 0):
+            rows.append(b)
+            items.append(item)
+    prefixed = [[vocab_size + b, *sequences[i]] for b, i in zip(rows, items)]
+    return ItemTrie(prefixed, items, vocab_size=vocab_size + len(candidates))
