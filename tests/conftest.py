@@ -39,3 +39,65 @@ def run_root(tmp_path: Path) -> Path:
 
 def requires_shared_data():
     return pytest.mark.skipif(not SHARED_DATASETS.is_dir(), reason=f"no datasets at {SHARED_DATASETS}")
+
+
+WORDS = ["apple", "river", "stone", "cloud", "tiger", "maple", "ocean", "ember", "frost", "lunar", "cedar", "amber"]
+
+
+def synthetic_corpus(num_items: int = 12, users: int = 48, min_len: int = 5, max_len: int = 10, seed: int = 0):
+    """The one shared synthetic corpus of the test suite: every user walks the item cycle 1 -> 2 -> ... -> N -> 1
+    from a random start (the next item is a function of the last one), with titles, genres, a year, user
+    features (gender, age) and ratings (1-5, so the CTR view has both labels), timestamps in order."""
+    import numpy as np
+
+    from zoo.data.corpus import Corpus
+
+    rng = np.random.default_rng(seed)
+    sequences = []
+    for _ in range(users):
+        start = int(rng.integers(num_items))
+        sequences.append([(start + t) % num_items + 1 for t in range(int(rng.integers(min_len, max_len + 1)))])
+    corpus = Corpus.from_sequences("synthetic", sequences, num_items=num_items)
+    corpus.item_text["title"] = [""] + [f"the {WORDS[i % len(WORDS)]} book {i // len(WORDS) or ''}".strip()
+                                        for i in range(num_items)]
+    corpus.item_text["genres"] = [""] + [("drama comedy", "action", "drama")[i % 3] for i in range(num_items)]
+    corpus.item_text["year"] = [""] + [str(1990 + i % 4) for i in range(num_items)]
+    corpus.user_features["gender"] = [("F", "M")[u % 2] for u in range(users)]
+    corpus.user_features["age"] = [str(18 + 10 * (u % 4)) for u in range(users)]
+    corpus.ratings = rng.integers(1, 6, size=len(corpus.items)).astype(np.float32)
+    corpus.timestamps = np.arange(len(corpus.items), dtype=np.float64)
+    return corpus.validate()
+
+
+@pytest.fixture
+def corpus():
+    return synthetic_corpus()
+
+
+def build_on(recipe: str, overrides=(), corpus=None, **kw):
+    """``zoo.build`` of ``recipe`` with ``overrides`` on ``corpus`` (default: the shared synthetic corpus)."""
+    from zoo.build import build
+    from zoo.config import compose
+
+    cfg = compose(recipe, list(overrides))
+    return build(cfg, corpus=corpus if corpus is not None else synthetic_corpus(**kw))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_root(tmp_path_factory):
+    """Caches (corpora, stage artifacts) of a test session go to a temporary root, never into the data root."""
+    if "ZOO_CACHE_DIR" in os.environ:
+        yield
+        return
+    os.environ["ZOO_CACHE_DIR"] = str(tmp_path_factory.mktemp("zoo-cache"))
+    yield
+    os.environ.pop("ZOO_CACHE_DIR", None)
+
+
+def recipe_for(model_name: str) -> str | None:
+    """The model's MovieLens-100K recipe if it has one, else its first recipe (sorted)."""
+    from zoo.config import load_recipe, recipe_names
+
+    mine = [n for n in recipe_names() if (load_recipe(n).get("model") or {}).get("name") == model_name]
+    preferred = [n for n in mine if n.endswith("_ml100k")]
+    return (preferred or mine or [None])[0]

@@ -82,6 +82,15 @@ def distinct_count(ids: torch.Tensor) -> torch.Tensor:
     return (first & (ordered != 0)).sum(dim=1)
 
 
+def unique_ids(ids: torch.Tensor) -> torch.Tensor:
+    """``ids`` ([B, L]) with every repeat of an id within its row replaced by 0 (the first one stays)."""
+    ordered, order = ids.sort(dim=1, stable=True)
+    repeat = torch.zeros_like(ids, dtype=torch.bool)
+    repeat[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+    back = torch.empty_like(repeat).scatter_(1, order, repeat)
+    return ids.masked_fill(back, 0)
+
+
 def drop_items(ranked: torch.Tensor, drop: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
     """``ranked`` ([B, L] ids) with the ids of ``drop`` ([B, S], 0 = none) removed and the rest moved up, in order
     (0 fills the end). Ids equal to ``keep`` ([B]) are never dropped."""
@@ -144,6 +153,7 @@ def scoring_ranks(model, batch: dict, max_k: int) -> torch.Tensor:
     """Target ranks of a scoring model (``user_state`` + ``score_state``) under the protocol of ``batch``."""
     targets, candidates, seen = batch["target"], batch.get("candidates"), batch.get("seen")
     if candidates is not None:
+        candidates = unique_ids(candidates)  # a retriever's list may repeat an item: it is one item
         state = model.user_state(batch)
         scores = model.score_state(state, 0, model.num_items + 1)
         with_target = torch.cat([targets.view(-1, 1), candidates], dim=1)

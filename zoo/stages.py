@@ -32,6 +32,7 @@ import shutil
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,7 +140,8 @@ def resolve(
     tmp.mkdir(parents=True)
     started = time.time()
     try:
-        metrics = stage.build(cfg, corpus, tmp, upstream)
+        with preserved_rng():  # a run that builds a stage continues exactly like one that reuses it
+            metrics = stage.build(cfg, corpus, tmp, upstream)
         metrics = {k: float(v) for k, v in (metrics or {}).items()}
         record = {
             "stage": name,
@@ -162,6 +164,25 @@ def resolve(
     _report(artifact)
     resolved[name] = artifact
     return artifact
+
+
+@contextmanager
+def preserved_rng():
+    """Restore Python's, numpy's and torch's random states on exit."""
+    import random
+
+    import torch
+
+    states = (random.getstate(), np.random.get_state(), torch.random.get_rng_state())
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.random.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 def _report(artifact: Artifact) -> None:

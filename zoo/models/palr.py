@@ -108,7 +108,8 @@ class PALRPromptEncoder:
         rows = []
         for history in batch["history"].tolist():
             seen = set(history)
-            rows.append([i for i in self.popular[: n + len(seen)].tolist() if i not in seen][:n])
+            row = [i for i in self.popular[: n + len(seen)].tolist() if i not in seen][:n]
+            rows.append(row + [0] * (n - len(row)))  # a small catalogue may have fewer unseen items
         return torch.tensor(rows, dtype=torch.long)
 
     def __call__(self, batch: dict) -> dict:
