@@ -132,8 +132,8 @@ class Corpus:
             raise DataError(f"{name}: {len(users)} users for {len(items_raw)} items")
         if len(users) == 0:
             raise DataError(f"{name}: no interactions")
-        user_codes, user_index = _first_appearance_codes(users)
-        item_codes, item_index = _first_appearance_codes(items_raw)
+        user_codes, user_index = first_appearance_codes(users)
+        item_codes, item_index = first_appearance_codes(items_raw)
         ts = np.asarray(list(timestamps), dtype=np.float64) if timestamps is not None else None
         rt = np.asarray(list(ratings), dtype=np.float32) if ratings is not None else None
         order = np.lexsort((ts, user_codes)) if ts is not None else np.argsort(user_codes, kind="stable")
@@ -156,9 +156,14 @@ class Corpus:
         return self
 
 
-def _first_appearance_codes(values: np.ndarray) -> tuple[np.ndarray, list]:
-    """Integer codes 0..K-1 in order of first appearance, and the distinct values in that order."""
-    uniq, first, inverse = np.unique(values.astype(str), return_index=True, return_inverse=True)
+def first_appearance_codes(values) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes 0..K-1 numbered in order of first appearance, and the distinct values in that order
+    (integers stay integers; anything else is compared as text). The one such encoder of the zoo."""
+    values = np.asarray(values)
+    if values.dtype.kind not in "iu":
+        values = values.astype(str)
+    uniq, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
     rank = np.empty(len(uniq), dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(uniq))
-    return rank[inverse], [values[i] for i in np.sort(first)]
+    rank[order] = np.arange(len(uniq))
+    return rank[inverse.reshape(-1)], uniq[order]

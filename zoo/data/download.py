@@ -1,4 +1,4 @@
-"""Where datasets live (the data root, design contract 7) and how a missing upstream file is fetched.
+"""Where datasets live (the data root, ``docs/architecture.md``) and how a missing upstream file is fetched.
 
 ``fetch`` streams a file over HTTP(S) into ``<dest>.part`` with a tqdm progress bar, resumes an interrupted
 transfer with an HTTP ``Range`` request, verifies the checksum when one is known, and renames the finished file

@@ -9,22 +9,9 @@ from typing import TypeVar
 
 import numpy as np
 
-from zoo.data.corpus import Corpus
+from zoo.data.corpus import Corpus, first_appearance_codes
 
 Source = TypeVar("Source", bound=Callable[..., Corpus])
-
-
-def first_appearance_codes(values) -> tuple[np.ndarray, np.ndarray]:
-    """Integer codes 0..K-1 numbered in order of first appearance, and the distinct values in that order
-    (integers stay integers; anything else is compared as text)."""
-    values = np.asarray(values)
-    if values.dtype.kind not in "iu":
-        values = values.astype(str)
-    uniq, first, inverse = np.unique(values, return_index=True, return_inverse=True)
-    order = np.argsort(first, kind="stable")
-    rank = np.empty(len(uniq), dtype=np.int64)
-    rank[order] = np.arange(len(uniq))
-    return rank[inverse.reshape(-1)], uniq[order]
 
 
 def k_core_mask(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:

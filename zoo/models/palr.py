@@ -136,7 +136,12 @@ class PALRPromptEncoder:
 @MODELS.register("palr")
 class PALR(LLMRec):
     Config = PALRConfig
-    test_overrides = ("model.retriever=popularity", "model.num_candidates=10")
+    test_overrides = (  # the retriever stage with a SASRec of two training batches
+        "model.num_candidates=10",
+        "model.retriever_k=10",
+        "model.retriever_overrides=[trainer.max_epochs=1,trainer.limit_train_batches=2,trainer.limit_val_batches=1,"
+        "trainer.limit_test_batches=1,trainer.enable_progress_bar=false,logger.name=none]",
+    )
 
     @classmethod
     def stages_for(cls, cfg) -> tuple[str, ...]:

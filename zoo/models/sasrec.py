@@ -172,7 +172,8 @@ def export_candidates(model: RecModel, datamodule: SequentialDataModule, k: int,
             batch = rows[list(range(start, min(start + batch_size, len(examples))))]
             batch = {key: value.to(model.device) if torch.is_tensor(value) else value for key, value in batch.items()}
             state = model.user_state(batch)
-            tops.append(top_k_items(lambda s, e, state=state: model.score_state(state, s, e), model.num_items, k, chunk_size).cpu())
+            scores = lambda s, e, state=state: model.score_state(state, s, e)  # noqa: E731
+            tops.append(top_k_items(scores, model.num_items, k, chunk_size).cpu())
         items = torch.cat(tops).numpy() if tops else np.zeros((0, k), dtype=np.int64)
         lists[split] = (examples.user, items)
     model.train(was_training)

@@ -21,6 +21,7 @@ from zoo.data.datamodule import DataSpec, SequentialDataModule
 from zoo.errors import ConfigError
 from zoo.models.base import RecModel
 from zoo.models.rqvae import SemanticIdConfig
+from zoo.modules.batching import length_groups
 from zoo.modules.beam_search import BeamSearchResult, beam_search, candidate_beam_search
 from zoo.modules.trie import ItemTrie
 from zoo.registry import MODELS
@@ -235,8 +236,7 @@ class Tiger(RecModel):
     # -- training -----------------------------------------------------------------------------------------------
     def length_groups(self, attention_mask: torch.Tensor) -> list[torch.Tensor]:
         """Row indices split into ``model.length_groups`` groups of similar input length (shortest first)."""
-        order = torch.argsort(attention_mask.sum(1), stable=True)
-        return [g for g in torch.tensor_split(order, self.cfg.model.length_groups) if len(g)]
+        return length_groups(attention_mask.sum(1), groups=self.cfg.model.length_groups)
 
     def compute_loss(self, batch: dict) -> torch.Tensor:
         labels, mask = batch["labels"], batch["attention_mask"]

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zoo.errors import ConfigError
+from zoo.modules.batching import length_groups
 
 ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 
@@ -104,18 +105,15 @@ class SequenceEncoder(nn.Module):
         if length > self.max_len:
             raise ConfigError(f"history of length {length} exceeds the encoder's max_len {self.max_len}")
         lengths = (history != 0).sum(dim=1)
-        widths, order = lengths.sort(descending=True)
-        group_widths = widths[:: self.GROUP_ROWS].clamp(min=1)
-        grouped_cost = int((group_widths * self.GROUP_ROWS).sum())
-        if grouped_cost > 0.75 * batch * max(int(widths[0]), 1):
+        groups = length_groups(lengths, rows=self.GROUP_ROWS, descending=True)
+        widths = [max(int(lengths[rows].max()), 1) for rows in groups]
+        if sum(w * len(rows) for w, rows in zip(widths, groups)) > 0.75 * batch * max(widths[0], 1):
             return self._encode_cropped(history)
         pieces = []
-        for group, start in enumerate(range(0, batch, self.GROUP_ROWS)):
-            width = int(group_widths[group])
-            rows = order[start : start + self.GROUP_ROWS]
+        for width, rows in zip(widths, groups):
             hidden = self._encode_cropped(history[rows, length - width :])
             pieces.append(torch.cat([hidden.new_zeros(len(rows), length - width, hidden.shape[-1]), hidden], dim=1))
-        return torch.cat(pieces)[order.argsort()]
+        return torch.cat(pieces)[torch.cat(groups).argsort()]
 
     def _encode_cropped(self, history: torch.Tensor) -> torch.Tensor:
         """Encode ``history`` after dropping the leading columns that are padding in every row."""
