@@ -27,11 +27,11 @@ class DataConfig:
     path: Optional[str] = None  # a file or folder, for sources that read one (atomic, seqfile, msl)
     titles: Optional[str] = None  # optional item-id -> title JSON (seqfile)
     download: bool = True  # fetch missing raw files from upstream when online
-    cache: bool = True  # cache the processed corpus under <root>/cache
+    cache: bool = True  # cache the processed corpus under <cache root>/corpora (see cache_dir)
     k_core: int = 0  # iterative k-core filter on raw interactions (0 = off)
     min_seq_len: int = 0  # drop users with fewer interactions (0 = keep all)
     max_len: int = 50  # history length of every example (most recent items): the one history length
-    train_len: int = 0  # items of a sequence-mode training row (0 = max_len; SASRec cuts longer rows in windows)
+    train_len: int = 0  # items of a sequence-mode training row (at least max_len; SASRec cuts longer rows in windows)
     batch_size: int = 256
     eval_batch_size: int = 512
     num_workers: int = 0

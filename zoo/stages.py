@@ -154,9 +154,16 @@ def resolve(
             "build_s": round(time.time() - started, 3),
         }
         write_json_atomic(tmp / MANIFEST, record)
-        if path.exists():  # a rebuild, or another process finished first: replace it
-            shutil.rmtree(path)
-        os.rename(tmp, path)
+        if (path / MANIFEST).is_file() and not rebuild:  # another process finished first: keep its artifact
+            shutil.rmtree(tmp, ignore_errors=True)
+            return resolve(name, cfg, corpus, False, resolved)
+        if path.exists():  # a rebuild (or an incomplete leftover): move the old one aside, then swap
+            old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -92,7 +92,8 @@ class RecModel(L.LightningModule):
         return protocol
 
     def data_spec(self) -> DataSpec:
-        """What this method needs from the DataModule (training mode, history length, batch transform)."""
+        """What this method needs from the DataModule: the training mode and the batch transform (the history
+        length is ``data.max_len``)."""
         return DataSpec()
 
     def prepare(self, datamodule) -> None:

@@ -4,8 +4,8 @@ Stage 1 (retrieval) is another model's job. By default (``model.retriever=stage`
 ``zoo.stages``: ``model.retriever_recipe`` (default ``sasrec_<dataset>``) is trained once on the same data, its
 top-``model.retriever_k`` lists are exported and cached, and later runs reuse them. ``model.retriever=file`` reads
 the lists of ``data.candidates_path`` instead (``zoo.data.candidates`` format); ``model.retriever=popularity``
-takes the most popular items the user has not interacted with (a weak stage 1 that needs no other run). The
-evaluation protocol is then "the retriever's lists": a target the retriever missed is a miss.
+takes the most popular items outside the user's ``data.max_len`` history window (a weak stage 1 that needs no
+other run). The evaluation protocol is then "the retriever's lists": a target the retriever missed is a miss.
 
 Stage 2: a causal LM reads an instruction prompt with the user's history (at most ``data.max_len`` titles; PALR: 20), an
 optional LLM-written user profile (``model.profile_path``: the JSONL cache of ``zoo.llm_text``, keyed by raw user
