@@ -16,6 +16,9 @@ layout used by BIGRec and MSL::
     ### Response:
     "next title"<EOS>
 
+An instruct backbone with a chat template (SmolLM2-Instruct) gets the same instruction and input as one user turn
+of its template instead, and the response is the assistant turn (:func:`prompt_frame`).
+
 When a prompt exceeds ``max_prompt_tokens`` the oldest history titles are dropped first.
 """
 
@@ -31,6 +34,39 @@ HEADER = (
     "Write a response that appropriately completes the request.\n\n"
 )
 RESPONSE = "\n\n### Response:\n"
+CHAT_PLACEHOLDER = "\x00ZOO\x00"
+
+
+@dataclass(frozen=True)
+class PromptFrame:
+    """The text around a prompt's instruction and input: ``opening + instruction + separator + input + closing``,
+    after which the model generates the response."""
+
+    opening: str
+    separator: str
+    closing: str
+
+    def head(self, instruction: str, input_prefix: str = "") -> str:
+        return f"{self.opening}{instruction}{self.separator}{input_prefix}"
+
+
+ALPACA = PromptFrame(f"{HEADER}### Instruction:\n", "\n\n### Input:\n", RESPONSE)
+
+
+def prompt_frame(tokenizer, mode: str = "auto") -> PromptFrame:
+    """The Alpaca frame, or with ``mode="auto"`` and a tokenizer that has a chat template, that template's user
+    turn (opening / closing rendered around a placeholder, the generation prompt included)."""
+    if mode not in ("auto", "off"):
+        from zoo.errors import ConfigError
+
+        raise ConfigError(f"unknown model.chat_template '{mode}' (auto | off)")
+    if mode == "off" or not getattr(tokenizer, "chat_template", None):
+        return ALPACA
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": CHAT_PLACEHOLDER}], tokenize=False, add_generation_prompt=True
+    )
+    opening, _, closing = text.partition(CHAT_PLACEHOLDER)
+    return PromptFrame(opening, "\n\n", closing)
 
 # instructions of the MSL / BIGRec code, by the dataset's item domain
 DOMAIN_PROMPTS = {

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 
 from zoo.data.datamodule import DataSpec
-from zoo.data.prompts import HEADER, RESPONSE, PromptTokens, domain_prompt, pack_left
+from zoo.data.prompts import ALPACA, PromptFrame, PromptTokens, domain_prompt, pack_left, prompt_frame
 from zoo.errors import DataError
 from zoo.models.base import ModelConfig, RecModel
 from zoo.modules.llm import CausalLMBackbone, LLMConfig, generate_items
@@ -39,12 +39,20 @@ class HistoryPromptEncoder:
     LightningModule), so DataLoader workers can pickle it cheaply.
     """
 
-    def __init__(self, prompts: PromptTokens, titles: TitleTrie, instruction: str, history_prefix: str, pad_id: int):
+    def __init__(
+        self,
+        prompts: PromptTokens,
+        titles: TitleTrie,
+        instruction: str,
+        history_prefix: str,
+        pad_id: int,
+        frame: PromptFrame = ALPACA,
+    ):
         self.prompts = prompts
         self.titles = titles
         self.pad_id = pad_id
-        self.head = prompts.text(f"{HEADER}### Instruction:\n{instruction}\n\n### Input:\n{history_prefix}")
-        self.tail = prompts.text(RESPONSE)
+        self.head = prompts.text(frame.head(instruction, history_prefix))
+        self.tail = prompts.text(frame.closing)
 
     def prompt(self, history: list[int]) -> list[int]:
         return self.prompts.fit_history(self.head, history, self.tail)
@@ -89,6 +97,7 @@ class LLMRec(RecModel):
             raise DataError(f"{datamodule.corpus.name}: model '{m.name}' needs item titles (item_text['title'])")
         self.titles = TitleTrie(titles, self.backbone.tokenizer, self.backbone.eos_token_id)
         self.prompts = PromptTokens(self.backbone.tokenizer, self.titles.quoted, m.max_prompt_tokens)
+        self.frame = prompt_frame(self.backbone.tokenizer, m.chat_template)  # Alpaca, or the chat template
         self.loss.connect(trie=self.titles.trie)
 
     def _instruction(self) -> tuple[str, str]:
@@ -98,7 +107,9 @@ class LLMRec(RecModel):
 
     def data_spec(self) -> DataSpec:
         instruction, prefix = self._instruction()
-        encoder = HistoryPromptEncoder(self.prompts, self.titles, instruction, prefix, self.backbone.pad_token_id)
+        encoder = HistoryPromptEncoder(
+            self.prompts, self.titles, instruction, prefix, self.backbone.pad_token_id, frame=self.frame
+        )
         return DataSpec(train_mode="prefix", transform=encoder)
 
     def reloadable_frozen_names(self) -> list[str]:

