@@ -1,4 +1,5 @@
-"""What every benchmark result JSON carries: provenance (git commit, hardware, time, memory) and the payload."""
+"""What every benchmark shares: the provenance every result JSON carries (git commit, hardware, time, memory)
+and the one ``key=value`` argument parser (``key_values`` + typed readers, ``cli`` for ``main``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -74,14 +77,110 @@ def write_result(name: str, payload: dict, started: float | None = None, directo
     return path
 
 
-def key_values(argv: list[str], allowed: dict[str, object]) -> dict[str, str]:
-    """``key=value`` command-line arguments over ``allowed`` (key -> default); anything else is a ConfigError."""
+def key_values(argv: list[str], allowed: dict[str, Any], overrides: list[str] | None = None) -> dict[str, Any]:
+    """``key=value`` command-line arguments over ``allowed`` (key -> default); anything else is a ConfigError
+    (one line, exit status 2). Given values are strings (``integer``, ``number``, ``flag``, ``names`` and
+    ``integers`` below read them); keys not given keep their default. Keys that start with ``_`` are internal
+    (a script calling itself) and are not listed in the message. With ``overrides`` (a list), an argument whose
+    key is dotted (``trainer.max_epochs=3``) is appended to it instead: a config override for
+    ``zoo.config.compose``."""
     from zoo.errors import ConfigError
 
     settings = dict(allowed)
     for arg in argv:
         key, sep, value = arg.partition("=")
+        if sep and overrides is not None and "." in key:
+            overrides.append(arg)
+            continue
         if not sep or key not in settings:
-            raise ConfigError(f"unknown argument '{arg}'; expected key=value with key in: {', '.join(settings)}")
+            shown = ", ".join(k for k in settings if not k.startswith("_")) or "(none)"
+            dotted = " (or a dotted config override)" if overrides is not None else ""
+            raise ConfigError(f"unknown argument '{arg}'; expected key=value with key in: {shown}{dotted}")
         settings[key] = value
     return settings
+
+
+def integer(settings: dict[str, Any], key: str, minimum: int | None = None) -> int:
+    """``settings[key]`` as a whole number (>= ``minimum``); anything else is a ConfigError."""
+    from zoo.errors import ConfigError
+
+    value = str(settings[key]).strip()
+    try:
+        number = int(value)
+    except ValueError:
+        number = None
+    if number is None or (minimum is not None and number < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise ConfigError(f"{key}={value}: expected a whole number{bound}")
+    return number
+
+
+def number(settings: dict[str, Any], key: str, minimum: float | None = None) -> float:
+    """``settings[key]`` as a number (>= ``minimum``); anything else is a ConfigError."""
+    from zoo.errors import ConfigError
+
+    value = str(settings[key]).strip()
+    try:
+        result = float(value)
+    except ValueError:
+        result = None
+    if result is None or result != result or (minimum is not None and result < minimum):
+        bound = f" >= {minimum}" if minimum is not None else ""
+        raise ConfigError(f"{key}={value}: expected a number{bound}")
+    return result
+
+
+def flag(settings: dict[str, Any], key: str) -> bool:
+    """``settings[key]`` as true / false (also 1 / 0, yes / no); anything else is a ConfigError."""
+    from zoo.errors import ConfigError
+
+    value = settings[key]
+    if isinstance(value, bool):
+        return value
+    if str(value).lower() in ("true", "1", "yes"):
+        return True
+    if str(value).lower() in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"{key}={value}: expected true or false")
+
+
+def names(settings: dict[str, Any], key: str, choices: Sequence[str] | None = None) -> list[str]:
+    """``settings[key]`` as a comma-separated list of names (each one of ``choices`` when given)."""
+    from zoo.errors import ConfigError
+
+    value = settings[key]
+    items = list(value) if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v]
+    if choices is not None:
+        unknown = [item for item in items if item not in choices]
+        if unknown:
+            raise ConfigError(f"{key}: unknown '{unknown[0]}'; valid: {', '.join(choices)}")
+    return items
+
+
+def integers(settings: dict[str, Any], key: str, minimum: int | None = None) -> list[int]:
+    """``settings[key]`` as a comma-separated list of whole numbers (each >= ``minimum``)."""
+    from zoo.errors import ConfigError
+
+    try:
+        return [integer({key: item}, key, minimum) for item in names(settings, key)]
+    except ConfigError:
+        bound = f", each >= {minimum}" if minimum is not None else ""
+        raise ConfigError(f"{key}={settings[key]}: expected comma-separated whole numbers{bound}") from None
+
+
+def cli(body: Callable[[list[str]], object], doc: str, argv: list[str] | None = None) -> int:
+    """Run a benchmark's ``body(argv)`` (argv: its ``key=value`` arguments) and return the exit status:
+    ``-h`` / ``--help`` / ``help`` prints ``doc``; a ``ZooError`` (a bad argument: ConfigError, exit 2; missing
+    data: DataError, exit 1) is one line on stderr."""
+    from zoo.errors import ZooError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("-h", "--help", "help"):
+        print(doc.strip())
+        return 0
+    try:
+        body(argv)
+    except ZooError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+    return 0

@@ -4,14 +4,17 @@ cold  = ``load_corpus`` with an empty cache: parse the source files, build the c
 parse = the same without the cache (``data.cache=false``);
 warm  = ``load_corpus`` when the cache entry exists (what every run after the first does).
 For the format choice it also times the alternative considered, pickle protocol 5 of the whole Corpus, against
-the cache's format (uncompressed .npz + one JSON blob for the strings). Medians over ``--repeats`` runs.
+the cache's format (uncompressed .npz + one JSON blob for the strings). Medians over ``repeats`` runs.
 
-    python benchmarks/data_load.py [--root ../shared/datasets] [--repeats 5]
+    python -m benchmarks.data_load [root=DIR] [repeats=5]
+
+Run it as a module from the repository root (the package installed). ``root`` is the data root holding the
+four datasets (default: the datasets folder this project's machines share beside the checkout; see the README's
+Datasets section).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import pickle
 import statistics
@@ -20,12 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import write_result  # noqa: E402
-from zoo.config import DataConfig  # noqa: E402
-from zoo.data.cache import load_cached_corpus, save_corpus  # noqa: E402
-from zoo.data.loading import load_corpus  # noqa: E402
+from benchmarks.common import cli, integer, key_values, write_result
+from zoo.config import DataConfig
+from zoo.data.cache import load_cached_corpus, save_corpus
+from zoo.data.loading import load_corpus
 
 DATASETS = ("beauty", "sports", "toys", "yelp")
 
@@ -75,22 +76,24 @@ def _mb(path: Path) -> float:
     return round(path.stat().st_size / 2**20, 2)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    return cli(_main, __doc__, argv)
+
+
+def _main(argv: list[str]) -> None:
+    args = key_values(argv, {"root": str(Path(__file__).resolve().parents[2] / "shared" / "datasets"), "repeats": 5})
+    root, repeats = Path(args["root"]), integer(args, "repeats", minimum=1)
     started = time.time()
     results = {}
     with tempfile.TemporaryDirectory() as scratch_dir:
         scratch = Path(scratch_dir)
         for name in DATASETS:
-            results[name] = bench_dataset(name, Path(args.root), args.repeats, scratch)
+            results[name] = bench_dataset(name, root, repeats, scratch)
             print(name, results[name], flush=True)
     ratios = [r["cold_over_warm"] for r in results.values()]
     payload = {
         "description": "corpus load time: cold (parse + write cache) vs warm (cache hit), medians",
-        "repeats": args.repeats,
+        "repeats": repeats,
         "datasets": results,
         "min_cold_over_warm": min(ratios),
         "note": "shared 2-core machine; see hardware.load_avg_1m for the load during the run",
@@ -99,4 +102,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,10 +2,10 @@
 
 Scoring is a 64-d dot product (users x items), the shape of SASRec-style evaluation. Two ways to rank the target:
 
-* ``chunked``: users in batches of ``--user-batch``, items in chunks of ``--item-chunk`` scored one at a time, exact
+* ``chunked``: users in batches of ``user_batch``, items in chunks of ``item_chunk`` scored one at a time, exact
   top-(max K + 1) merge (``zoo.metrics.chunked_target_ranks``); memory O(user_batch x item_chunk).
 * ``full``: one [users, N+1] score matrix and ``zoo.metrics.target_ranks`` on it; memory O(users x N). It runs only
-  with as many users as fit ``--full-budget-gb`` (4 bytes of score per entry; ``target_ranks`` itself counts in
+  with as many users as fit ``full_budget_gb`` (4 bytes of score per entry; ``target_ranks`` itself counts in
   column blocks and adds little): 10k users x 1M items would need 40 GB for the scores alone, more than this
   machine has, so at 1M it runs with fewer users and says so.
 
@@ -14,13 +14,15 @@ baseline (interpreter, torch, embeddings) is reported beside it. Chunked and ful
 at max K + 1) on the users both ranked. The machine is shared: the 1-minute load average before and after each
 run is recorded; timings are wall-clock under that load.
 
-Usage: python3 benchmarks/metrics_chunked.py [--users 10000] [--items 10000 100000 1000000]
-Writes benchmarks/results/metrics_chunked.json.
+    python -m benchmarks.metrics_chunked [users=10000] [items=10000,100000,1000000] [dim=64] [user_batch=1024]
+        [item_chunk=32768] [full_budget_gb=6]
+
+Run it as a module from the repository root (the package installed); each configuration runs the same way
+(``_one=SPEC``, internal). Writes benchmarks/results/metrics_chunked.json.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -29,6 +31,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from benchmarks.common import cli, integer, integers, key_values, number, write_result
 
 REPO = Path(__file__).resolve().parents[1]
 KS = (5, 10, 20)
@@ -83,9 +87,8 @@ def run_one(spec: dict) -> dict:
 def in_subprocess(spec: dict) -> dict:
     """Run ``run_one(spec)`` in a fresh interpreter; record the load average around it."""
     load_before = os.getloadavg()[0]
-    proc = subprocess.run(
-        [sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True, cwd=REPO
-    )
+    command = [sys.executable, "-m", "benchmarks.metrics_chunked", f"_one={json.dumps(spec)}"]
+    proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         return {**spec, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"}
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -101,48 +104,56 @@ def available_gb() -> float:
     return 0.0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="chunked vs full-matrix ranking evaluation")
-    parser.add_argument("--users", type=int, default=10_000)
-    parser.add_argument("--items", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--user-batch", type=int, default=1024)
-    parser.add_argument("--item-chunk", type=int, default=32_768)
-    parser.add_argument("--full-budget-gb", type=float, default=6.0)
-    parser.add_argument("--one", help="internal: run one JSON spec and print its result")
-    args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
-    if args.one:
-        print(json.dumps(run_one(json.loads(args.one))))
-        return
+def main(argv: list[str] | None = None) -> int:
+    return cli(_main, __doc__, argv)
 
-    from benchmarks.common import write_result
+
+def _main(argv: list[str]) -> None:
+    args = key_values(
+        argv,
+        {
+            "users": 10_000,
+            "items": "10000,100000,1000000",
+            "dim": 64,
+            "user_batch": 1024,
+            "item_chunk": 32_768,
+            "full_budget_gb": 6.0,
+            "_one": "",  # internal: run one JSON spec and print its result
+        },
+    )
+    if args["_one"]:
+        print(json.dumps(run_one(json.loads(args["_one"]))))
+        return
+    users, items_list = integer(args, "users", minimum=1), integers(args, "items", minimum=1)
+    dim = integer(args, "dim", minimum=1)
+    user_batch, item_chunk = integer(args, "user_batch", minimum=1), integer(args, "item_chunk", minimum=1)
+    full_budget_gb = number(args, "full_budget_gb", minimum=0)
 
     started = time.time()
     runs, checks = [], []
-    for items in args.items:
-        base = {"items": items, "dim": args.dim, "seed": 0}
+    for items in items_list:
+        base = {"items": items, "dim": dim, "seed": 0}
         chunked = in_subprocess(
             {
                 **base,
                 "mode": "chunked",
-                "users": args.users,
-                "user_batch": args.user_batch,
-                "item_chunk": args.item_chunk,
+                "users": users,
+                "user_batch": user_batch,
+                "item_chunk": item_chunk,
             }
         )
         runs.append(chunked)
         print(json.dumps(chunked), flush=True)
         bytes_per_user = (items + 1) * 4
-        full_users = min(args.users, int(args.full_budget_gb * 2**30 // bytes_per_user))
-        if full_users < args.users:
-            full_users = max(full_users - full_users % args.user_batch, 1)
+        full_users = min(users, int(full_budget_gb * 2**30 // bytes_per_user))
+        if full_users < users:
+            full_users = max(full_users - full_users % user_batch, 1)
         need_gb = full_users * bytes_per_user / 2**30
         note = None
-        if full_users < args.users:
+        if full_users < users:
             note = (
-                f"{args.users} users would need {args.users * bytes_per_user / 2**30:.1f} GB for the full matrix "
-                f"(> {args.full_budget_gb} GB budget); measured with {full_users} users"
+                f"{users} users would need {users * bytes_per_user / 2**30:.1f} GB for the full matrix "
+                f"(> {full_budget_gb} GB budget); measured with {full_users} users"
             )
         if need_gb * 1.3 + 1 > available_gb():
             runs.append(
@@ -161,16 +172,16 @@ def main() -> None:
         print(json.dumps(full), flush=True)
         if "error" not in full and "error" not in chunked:
             # the first full_users users are the same users in both runs (same seed, same draws)
-            same = full_users == args.users and full["ranks_sha1"] == chunked["ranks_sha1"]
+            same = full_users == users and full["ranks_sha1"] == chunked["ranks_sha1"]
             checks.append({"items": items, "users_compared": full_users, "ranks_equal": same})
-            if full_users < args.users:
+            if full_users < users:
                 sub = in_subprocess(
                     {
                         **base,
                         "mode": "chunked",
                         "users": full_users,
-                        "user_batch": args.user_batch,
-                        "item_chunk": args.item_chunk,
+                        "user_batch": user_batch,
+                        "item_chunk": item_chunk,
                     }
                 )
                 checks[-1]["ranks_equal"] = sub.get("ranks_sha1") == full["ranks_sha1"]
@@ -189,4 +200,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,39 +3,42 @@
 search (10 beams) with HR and NDCG @1/5/10 (exact item match).
 
 What is scaled down, and says so in the JSON: the backbone is ``tiny-llama`` (2 layers, hidden 64, trained from
-scratch with the bundled BERT WordPiece vocabulary) instead of Llama-3 + LoRA; training runs ``--epochs`` epochs
+scratch with the bundled BERT WordPiece vocabulary) instead of Llama-3 + LoRA; training runs ``epochs`` epochs
 over the paper's 10k sample (no validation: the release has none, and validating on test would select on test);
-evaluation uses a seeded random subsample of ``--eval-rows`` of the 4,383 test rows (the same rows for every
+evaluation uses a seeded random subsample of ``eval_rows`` of the 4,383 test rows (the same rows for every
 loss), written beside the training file into ``benchmarks/.cache/msl_books/``.
 
-Step time is measured separately and fairly on a shared machine: one initial model, the same ``--step-batches``
-training batches, the three losses interleaved round by round, median over rounds of the per-step time (wall and
-process CPU time); the target is MSL's step time at most 1.2x LML's.
+Step time is measured separately and fairly on a shared machine: one initial model (built by ``zoo.build``), the
+same ``step_batches`` training batches, the three losses interleaved round by round (``step_rounds``), median over
+rounds of the per-step time (wall and process CPU time); the target is MSL's step time at most 1.2x LML's.
 
-Usage: ``nohup python3 -m benchmarks.msl_books > /tmp/msl_books.log 2>&1 &`` (``ZOO_DATA_DIR`` defaults to
-``../shared/datasets``). Writes ``benchmarks/results/msl_books.json``.
+    nohup python -m benchmarks.msl_books [epochs=3] [eval_rows=500] [seed=42] [threads=1] [step_batches=12]
+        [step_rounds=3] [losses=lml,msl,msl_ats] [name=msl_books] > /tmp/msl_books.log 2>&1 &
+
+The data is ``$ZOO_DATA_DIR/MSL/Amazon_Books`` (see the README's Datasets section). Writes
+``benchmarks/results/<name>.json``.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import os
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.common import write_result
+from benchmarks.common import cli, integer, key_values, names, write_result
+from zoo.build import build
 from zoo.config import compose
-from zoo.data import SequentialDataModule
+from zoo.errors import ConfigError
 from zoo.io import atomic_path
 from zoo.losses import build_loss
-from zoo.registry import MODELS
 from zoo.run import run
 
 RECIPES = {"lml": "msl_books_lml", "msl": "msl_books_msl", "msl_ats": "msl_books_msl_ats"}
@@ -67,9 +70,7 @@ def step_times(folder: Path, batches: int, rounds: int, seed: int) -> dict[str, 
     """Median per-step time (forward + loss + backward + AdamW step) of each loss on identical batches."""
     cfg = compose(RECIPES["lml"], [f"data.path={folder}", f"seed={seed}"])
     torch.manual_seed(seed)
-    datamodule = SequentialDataModule(cfg.data, seed=seed)
-    model = MODELS.get(cfg.model.name)(cfg, datamodule)
-    datamodule.connect(model.data_spec())
+    model, datamodule = build(cfg)
     loader = iter(datamodule.train_dataloader())
     fixed = [next(loader) for _ in range(batches)]
     initial = copy.deepcopy(model.backbone.state_dict())
@@ -116,31 +117,44 @@ def train_curve(run_dir: Path) -> dict[str, list[float]]:
     return {k: v for k, v in curve.items() if v}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--eval-rows", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (the machine is shared)")
-    parser.add_argument("--step-batches", type=int, default=12)
-    parser.add_argument("--step-rounds", type=int, default=3)
-    parser.add_argument("--losses", nargs="+", default=list(RECIPES), choices=list(RECIPES))
-    parser.add_argument("--name", default="msl_books")
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    return cli(_main, __doc__, argv)
+
+
+def _main(argv: list[str]) -> None:
+    args = key_values(
+        argv,
+        {
+            "epochs": 3,
+            "eval_rows": 500,
+            "seed": 42,
+            "threads": 1,  # torch threads (the machine is shared)
+            "step_batches": 12,
+            "step_rounds": 3,
+            "losses": ",".join(RECIPES),
+            "name": "msl_books",
+        },
+    )
+    epochs, eval_rows = integer(args, "epochs", minimum=1), integer(args, "eval_rows", minimum=1)
+    seed, threads = integer(args, "seed"), integer(args, "threads", minimum=1)
+    step_batches, step_rounds = integer(args, "step_batches", minimum=2), integer(args, "step_rounds", minimum=1)
+    losses = names(args, "losses", choices=list(RECIPES))
+    if not losses or not args["name"]:
+        raise ConfigError("losses and name must not be empty")
     started = time.time()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     os.environ.setdefault("ZOO_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
     source = Path(os.environ["ZOO_DATA_DIR"]) / "MSL" / "Amazon_Books"
-    folder = eval_folder(source, args.eval_rows, seed=0)
+    folder = eval_folder(source, eval_rows, seed=0)
     print(f"evaluation folder {folder}", flush=True)
-    steps = step_times(folder, args.step_batches, args.step_rounds, args.seed)
+    steps = step_times(folder, step_batches, step_rounds, seed)
     print("step times", steps, flush=True)
     results = {}
-    for name in args.losses:
+    for name in losses:
         overrides = [
             f"data.path={folder}",
-            f"seed={args.seed}",
-            f"trainer.max_epochs={args.epochs}",
+            f"seed={seed}",
+            f"trainer.max_epochs={epochs}",
             "trainer.enable_progress_bar=false",
             "trainer.log_every_n_steps=25",
         ]
@@ -173,28 +187,28 @@ def main() -> None:
         "setting": {
             "dataset": "MSL Amazon_Books (train_10000.csv, sliding windows of <= 10 history items)",
             "backbone": "tiny-llama: 2 layers, hidden 64, 4 heads, trained from scratch; BERT WordPiece vocab 30522",
-            "epochs": args.epochs,
+            "epochs": epochs,
             "batch_size": 32,
             "optimizer": "adamw lr 1e-3",
-            "seed": args.seed,
-            "eval": f"{args.eval_rows} of 4383 test rows, seeded random subsample (seed 0), same rows for every loss",
+            "seed": seed,
+            "eval": f"{eval_rows} of 4383 test rows, seeded random subsample (seed 0), same rows for every loss",
             "decoding": "beam search constrained to the title trie, 10 beams, full-vocabulary log-probabilities",
             "validation": "off (the release has no validation file; final weights tested)",
-            "torch_threads": args.threads,
+            "torch_threads": threads,
         },
         "step_time": {
             "per_loss": steps,
-            "batches": args.step_batches,
-            "rounds": args.step_rounds,
+            "batches": step_batches,
+            "rounds": step_rounds,
             "method": "same initial model and batches, losses interleaved per round, median per step",
         },
         "results": results,
         "comparison": comparison,
         "paper": PAPER,
     }
-    path = write_result(args.name, payload, started)
+    path = write_result(args["name"], payload, started)
     print(f"wrote {path}", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

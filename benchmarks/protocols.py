@@ -8,9 +8,10 @@ recipe and budget overrides:
 
 * ``leaderboard``: the zoo's protocol (full ranking, the user's own items not masked). It must give the cell's
   recorded metrics again (``matches_cell``), which checks that the checkpoint and data are the ones of the cell.
-* ``mask_seen``: the user's history items removed from the ranking (``eval.mask_seen=true``), which is what the
-  S3-Rec code behind the literature's SASRec row does (its full-ranking evaluation sets the scores of the user's
-  training items to 0 before ranking).
+* ``mask_seen``: the cell rebuilt with ``eval.mask_seen=true`` (``zoo.build``), which removes from the ranking
+  every item the user interacted with before the target: the whole history, not only the ``data.max_len`` items
+  the model reads (the target itself is never removed). That is what the S3-Rec code behind the literature's
+  SASRec row does (its full-ranking evaluation sets the scores of the user's training items to 0 before ranking).
 
 Writes ``benchmarks/results/protocol_mask_seen.json`` with both sets of Recall/NDCG@5/10 per cell and the paper's
 numbers (``benchmarks/papers.yaml``) beside them. The leaderboard itself keeps one protocol for every method.
@@ -23,9 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import key_values, write_result
+from benchmarks.common import cli, integer, key_values, names, write_result
 from benchmarks.render import METRICS, load_papers, relative_difference
-from zoo.errors import ConfigError, DataError, ZooError
+from zoo.errors import ConfigError, DataError
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NAME = "protocol_mask_seen"
@@ -33,24 +34,19 @@ VOLATILE = ("run_dir=", "run_root=", "logger.", "resume=")
 
 
 def retest(record: dict, mask_seen: bool) -> dict[str, float]:
-    """Test metrics of the cell's best checkpoint, with ``eval.mask_seen`` set."""
+    """Test metrics of the cell's best checkpoint, rebuilt with ``eval.mask_seen`` set."""
     import lightning as L
 
+    from zoo.build import build
     from zoo.config import compose
-    from zoo.data import SequentialDataModule
-    from zoo.registry import MODELS, populate
     from zoo.trainer import batch_limit
 
-    populate()
     ckpt = Path(record["run_dir"]) / "checkpoints" / "best.ckpt"
     if not ckpt.is_file():
         raise DataError(f"{record['name']}: no best checkpoint at {ckpt} (re-run the cell to make one)")
     overrides = [o for o in record.get("overrides", []) if not o.startswith(VOLATILE)]
     cfg = compose(record["recipe"], [*overrides, f"eval.mask_seen={str(mask_seen).lower()}"])
-    datamodule = SequentialDataModule(cfg.data, seed=cfg.seed)
-    model = MODELS.get(cfg.model.name)(cfg, datamodule)
-    datamodule.connect(model.data_spec())
-    model.prepare(datamodule)
+    model, datamodule = build(cfg)
     limit = 1.0 if cfg.trainer.limit_test_batches is None else batch_limit(cfg.trainer.limit_test_batches)
     trainer = L.Trainer(
         logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", limit_test_batches=limit
@@ -91,30 +87,27 @@ def run(cells: list[str], results_dir: Path = RESULTS_DIR, out_dir: Path = RESUL
         print(json.dumps({k: row[k] for k in ("cell", "leaderboard", "mask_seen", "matches_cell")}), flush=True)
     payload = {
         "what": "the same best checkpoints tested under the leaderboard protocol and with the user's items masked",
-        "mask_rule": "eval.mask_seen=true removes the items of the user's input history (at most data.max_len) "
-        "from the ranking; S3-Rec's code sets the scores of all the user's training items to 0 instead",
+        "mask_rule": "eval.mask_seen=true removes every item the user interacted with before the target (the whole "
+        "history, not only the data.max_len window) from the ranking; S3-Rec's code sets the scores of the user's "
+        "training items to 0 instead",
         "cells": rows,
     }
     return write_result(NAME, payload, started, directory=out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = key_values(sys.argv[1:] if argv is None else argv, {"cells": "", "threads": ""})
-        if not args["cells"]:
-            raise ConfigError("usage: python -m benchmarks.protocols cells=a__b__cpu,c__d__cpu [threads=N]")
-        if args["threads"]:
-            import torch
+    return cli(_main, __doc__, argv)
 
-            if not args["threads"].isdigit() or int(args["threads"]) < 1:
-                raise ConfigError(f"threads must be a positive whole number, got '{args['threads']}'")
-            torch.set_num_threads(int(args["threads"]))
-        path = run([c for c in args["cells"].split(",") if c])
-    except ZooError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    print(f"wrote {path}")
-    return 0
+
+def _main(argv: list[str]) -> None:
+    args = key_values(argv, {"cells": "", "threads": ""})
+    if not args["cells"]:
+        raise ConfigError("usage: python -m benchmarks.protocols cells=a__b__cpu,c__d__cpu [threads=N]")
+    if args["threads"]:
+        import torch
+
+        torch.set_num_threads(integer(args, "threads", minimum=1))
+    print(f"wrote {run(names(args, 'cells'))}")
 
 
 if __name__ == "__main__":

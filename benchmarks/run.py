@@ -310,37 +310,37 @@ def run_grid(args: GridArgs) -> int:
     return 1 if failed else 0
 
 
-def _flag(key: str, value: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise ConfigError(f"{key}={value}: expected true or false")
-
-
 def parse_args(argv: list[str]) -> tuple[GridArgs, tuple[str, str] | None]:
     """Parse ``key=value`` arguments; the second value is the (method, dataset) of an internal cell run."""
-    values: dict[str, str] = {}
-    keys = ("methods", "datasets", "budget", "force", "logger", "dry_run", "results_dir", "run_root", CELL_ARG)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in keys:
-            raise ConfigError(f"unknown argument '{arg}'; expected key=value with key in: {', '.join(keys[:-1])}")
-        values[key] = value
-    args = GridArgs(
-        methods=[m for m in values.get("methods", "").split(",") if m],
-        datasets=[d for d in values.get("datasets", "").split(",") if d],
-        budget=values.get("budget", "cpu"),
-        force=_flag("force", values.get("force", "false")),
-        logger=values.get("logger") or None,
-        dry_run=_flag("dry_run", values.get("dry_run", "false")),
+    from benchmarks.common import flag, key_values, names
+
+    defaults = GridArgs(methods=[], datasets=[])
+    values = key_values(
+        argv,
+        {
+            "methods": "",
+            "datasets": "",
+            "budget": defaults.budget,
+            "force": defaults.force,
+            "logger": "",
+            "dry_run": defaults.dry_run,
+            "results_dir": defaults.results_dir,
+            "run_root": defaults.run_root,
+            CELL_ARG: "",
+        },
     )
-    if "results_dir" in values:
-        args.results_dir = Path(values["results_dir"])
-    if "run_root" in values:
-        args.run_root = Path(values["run_root"])
+    args = GridArgs(
+        methods=names(values, "methods"),
+        datasets=names(values, "datasets"),
+        budget=str(values["budget"]),
+        force=flag(values, "force"),
+        logger=values["logger"] or None,
+        dry_run=flag(values, "dry_run"),
+        results_dir=Path(values["results_dir"]),
+        run_root=Path(values["run_root"]),
+    )
     cell = None
-    if CELL_ARG in values:
+    if values[CELL_ARG]:
         method, _, dataset = values[CELL_ARG].partition(":")
         cell = (method, dataset)
     return args, cell

@@ -6,28 +6,34 @@ Each run writes ``benchmarks/results/sasrec_beauty_<loss>.json`` in the per-run 
 ``benchmarks.common.write_result``: test metrics, the paper's numbers beside them, the resolved config, epochs run,
 the validation curve, wall time, hardware (with load average) and peak memory.
 
-The machine is shared, so training can be capped in wall time (``--max-minutes``; the run then reports the best
-checkpoint reached and says it was capped). Needs the datasets: ``ZOO_DATA_DIR=../shared/datasets``.
-Usage: ``nohup python3 -m benchmarks.sasrec_beauty --losses ce bce > /tmp/beauty.log 2>&1 &``.
+The machine is shared, so training can be capped in wall time (``max_minutes``; the run then reports the best
+checkpoint reached and says it was capped). The data root is ``$ZOO_DATA_DIR`` (see the README's Datasets
+section).
 
-``--speed`` instead times training steps (forward, backward, Adam) on Beauty batches with the encoder's length
-grouping off and on, and writes ``sasrec_beauty_speed.json``.
+    nohup python -m benchmarks.sasrec_beauty [losses=ce,bce] [max_minutes=0] [seed=42] [threads=0]
+        [run_root=runs/benchmarks] [dotted.key=value ...] > /tmp/beauty.log 2>&1 &
+
+``record=RUN_DIR [note=TEXT]`` only records a finished run directory (of the first of ``losses``). ``speed=true``
+instead times training steps (forward, backward, Adam) on ``speed_batches`` Beauty batches with the encoder's
+length grouping off and on, and writes ``sasrec_beauty_speed.json``. Dotted arguments are config overrides of
+both recipes.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-from benchmarks.common import write_result
+from benchmarks.common import cli, flag, integer, key_values, names, number, write_result
 from zoo.config import compose
+from zoo.errors import ConfigError
 from zoo.run import run
 
 RECIPES = {"ce": "sasrec_beauty", "bce": "sasrec_bce_beauty"}
@@ -71,7 +77,7 @@ def record(loss: str, run_dir: Path, max_minutes: float, note: str = "") -> Path
         "dataset": "beauty",
         "loss": loss,
         "recipe": RECIPES[loss],
-        "command": f"python -m benchmarks.sasrec_beauty --losses {loss} --max-minutes {max_minutes}",
+        "command": f"python -m benchmarks.sasrec_beauty losses={loss} max_minutes={max_minutes:g}",
         "metrics": metrics,
         "paper": PAPER,
         "meets_paper_ndcg@10": metrics["test/ndcg@10"] >= PAPER["test/ndcg@10"],
@@ -93,16 +99,12 @@ def record(loss: str, run_dir: Path, max_minutes: float, note: str = "") -> Path
 
 def time_steps(batch_size: int, group_rows: int, batches: int, loss: str) -> list[float]:
     """Seconds per training step over the first ``batches`` training batches (same batches for every setting)."""
-    from zoo.data import SequentialDataModule
-    from zoo.models.sasrec import SASRec
+    from zoo.build import build
     from zoo.modules.sequence_encoder import SequenceEncoder
 
     cfg = compose(RECIPES[loss], [f"data.batch_size={batch_size}", "seed=0"])
     torch.manual_seed(0)
-    datamodule = SequentialDataModule(cfg.data, seed=0)
-    model = SASRec(cfg, datamodule)
-    datamodule.connect(model.data_spec())
-    model.prepare(datamodule)
+    model, datamodule = build(cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = iter(datamodule.train_dataloader())
     steps = [next(loader) for _ in range(batches)]
@@ -148,31 +150,44 @@ def speed(batches: int) -> Path:
     return write_result("sasrec_beauty_speed", payload, started)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--losses", nargs="+", choices=sorted(RECIPES), default=["ce", "bce"])
-    parser.add_argument("--max-minutes", type=float, default=0, help="cap on training time per run (0 = none)")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    parser.add_argument("--run-root", type=Path, default=Path("runs") / "benchmarks")
-    parser.add_argument("--record", type=Path, default=None, help="only record a finished run directory (one loss)")
-    parser.add_argument("--note", default="", help="with --record: a note kept in the result")
-    parser.add_argument("--speed", action="store_true", help="time training steps instead (length grouping off/on)")
-    parser.add_argument("--speed-batches", type=int, default=5)
-    parser.add_argument("overrides", nargs="*", help="extra dotted.key=value overrides for both recipes")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def main(argv: list[str] | None = None) -> int:
+    return cli(_main, __doc__, argv)
+
+
+def _main(argv: list[str]) -> None:
+    extra: list[str] = []
+    args = key_values(
+        argv,
+        {
+            "losses": "ce,bce",
+            "max_minutes": 0,  # cap on training time per run (0 = none)
+            "seed": 42,
+            "threads": 0,  # torch threads (0 = torch's default)
+            "run_root": Path("runs") / "benchmarks",
+            "record": "",  # only record a finished run directory (one loss)
+            "note": "",  # with record: a note kept in the result
+            "speed": False,  # time training steps instead (length grouping off/on)
+            "speed_batches": 5,
+        },
+        overrides=extra,
+    )
+    losses = names(args, "losses", choices=sorted(RECIPES))
+    max_minutes, seed = number(args, "max_minutes", minimum=0), integer(args, "seed")
+    threads, speed_batches = integer(args, "threads", minimum=0), integer(args, "speed_batches", minimum=1)
+    if not losses:
+        raise ConfigError(f"losses: give at least one of {', '.join(sorted(RECIPES))}")
+    if threads:
+        torch.set_num_threads(threads)
     os.environ.setdefault("ZOO_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
-    if args.speed:
-        print(f"wrote {speed(args.speed_batches)}", flush=True)
+    if flag(args, "speed"):
+        print(f"wrote {speed(speed_batches)}", flush=True)
         return
-    if args.record is not None:
-        print(f"wrote {record(args.losses[0], args.record, args.max_minutes, args.note)}", flush=True)
+    if args["record"]:
+        print(f"wrote {record(losses[0], Path(args['record']), max_minutes, args['note'])}", flush=True)
         return
-    for loss in args.losses:
-        print(f"wrote {run_one(loss, args.max_minutes, args.seed, args.run_root, args.overrides)}", flush=True)
+    for loss in losses:
+        print(f"wrote {run_one(loss, max_minutes, seed, Path(args['run_root']), extra)}", flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,17 +8,21 @@ Two parts:
   3-level Semantic IDs (+ collision code). For each size: trie build time, users/s constrained vs unconstrained,
   and the search-only cost (the same beam search fed precomputed logits, i.e. without the decoder) to isolate
   what the constraint itself costs as the trie grows.
-* **trained** (``--checkpoint`` of a tiger_beauty run): the same comparison on real test users, with the
+* **trained** (``checkpoint=`` of a tiger_beauty run): the same comparison on real test users, with the
   unconstrained decode's invalid-ID rate (beams that are no item) and both recalls.
 
-    python benchmarks/tiger_beam.py [--sizes 1000 4000 ...] [--users 256] [--checkpoint runs/.../best.ckpt]
+Both build the model with ``zoo.build`` as :class:`GivenIdTiger`, a TIGER whose Semantic IDs are installed here
+(random ones, or the checkpoint's) instead of coming from the ``semantic_ids`` stage.
+
+    python -m benchmarks.tiger_beam [sizes=1000,4000,...] [users=256] [checkpoint=runs/.../best.ckpt]
+
+Run it as a module from the repository root (the package installed).
 
 Writes ``benchmarks/results/tiger_beam_search.json``. The machine is shared: timings carry the load average.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -27,17 +31,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.common import write_result  # noqa: E402
-from zoo.config import compose  # noqa: E402
-from zoo.data.corpus import Corpus  # noqa: E402
-from zoo.data.datamodule import SequentialDataModule  # noqa: E402
-from zoo.models.tiger import T5StepDecoder, Tiger  # noqa: E402
-from zoo.modules.beam_search import beam_search  # noqa: E402
-from zoo.modules.rqvae import add_collision_codes  # noqa: E402
+from benchmarks.common import cli, integer, integers, key_values, write_result
+from zoo.build import build
+from zoo.config import compose
+from zoo.data.corpus import Corpus
+from zoo.data.datamodule import SequentialDataModule
+from zoo.errors import DataError
+from zoo.models.tiger import T5StepDecoder, Tiger
+from zoo.modules.beam_search import beam_search
+from zoo.modules.rqvae import add_collision_codes
 
 NUM_BEAMS = 20
+
+
+class GivenIdTiger(Tiger):
+    """TIGER without the ``semantic_ids`` stage: the caller installs the Semantic IDs after ``zoo.build``
+    (``set_semantic_ids`` or a checkpoint's ``on_load_checkpoint``)."""
+
+    stages = ()
+
+    def prepare(self, datamodule) -> None:
+        """Nothing to install from a stage."""
+
+
+GIVEN_IDS = f"{__name__}:GivenIdTiger"  # model.name by import path (zoo.registry), not registered
 
 
 def synthetic_model(num_items: int, seed: int = 0) -> tuple[Tiger, SequentialDataModule]:
@@ -46,11 +63,9 @@ def synthetic_model(num_items: int, seed: int = 0) -> tuple[Tiger, SequentialDat
     users = 512
     sequences = [rng.integers(1, num_items + 1, size=22).tolist() for _ in range(users)]
     corpus = Corpus.from_sequences(f"synthetic{num_items}", sequences, num_items=num_items)
-    cfg = compose("tiger_beauty", ["data.eval_batch_size=128"])
-    datamodule = SequentialDataModule(cfg.data, corpus=corpus)
+    cfg = compose("tiger_beauty", ["data.eval_batch_size=128", f"model.name={GIVEN_IDS}"])
     torch.manual_seed(seed)
-    model = Tiger(cfg, datamodule)
-    datamodule.connect(model.data_spec())
+    model, datamodule = build(cfg, corpus=corpus)
     ids = add_collision_codes(rng.integers(0, 256, size=(num_items, 3)))  # 256^3 tuples: few collisions
     model.set_semantic_ids(torch.as_tensor(ids))
     return model.eval(), datamodule
@@ -125,13 +140,13 @@ def trained(checkpoint: Path, num_users: int) -> dict:
 
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     saved = OmegaConf.create(state["hyper_parameters"]["config"])  # the run's resolved config
-    cfg = OmegaConf.merge(
-        compose("tiger_beauty"),
-        {"model": saved.model, "seed": saved.seed, "data": {"eval_batch_size": saved.data.eval_batch_size}},
-    )
-    datamodule = SequentialDataModule(cfg.data, seed=cfg.seed)
-    model = Tiger(cfg, datamodule)
-    datamodule.connect(model.data_spec())
+    base = compose("tiger_beauty", [f"model.name={GIVEN_IDS}"])  # the Semantic IDs are the checkpoint's
+    model_section = {k: v for k, v in saved.model.items() if k in base.model and k != "name"}  # today's keys
+    # the history length: data.max_len (model.max_history in checkpoints written before it moved to data)
+    max_len = saved.model.get("max_history", saved.data.get("max_len", base.data.max_len))
+    data = {"eval_batch_size": saved.data.eval_batch_size, "max_len": max_len}
+    cfg = OmegaConf.merge(base, {"model": model_section, "seed": saved.seed, "data": data})
+    model, datamodule = build(cfg)
     model.on_load_checkpoint(state)
     model.load_state_dict(state["state_dict"])
     model.eval()
@@ -163,12 +178,16 @@ def trained(checkpoint: Path, num_users: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000, 64000, 256000])
-    parser.add_argument("--users", type=int, default=256)
-    parser.add_argument("--checkpoint", type=Path, default=None)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    return cli(_main, __doc__, argv)
+
+
+def _main(argv: list[str]) -> None:
+    args = key_values(argv, {"sizes": "1000,4000,16000,64000,256000", "users": 256, "checkpoint": ""})
+    sizes, users = integers(args, "sizes", minimum=1), integer(args, "users", minimum=1)
+    checkpoint = Path(args["checkpoint"]) if args["checkpoint"] else None
+    if checkpoint is not None and not checkpoint.is_file():
+        raise DataError(f"checkpoint={checkpoint}: no such file")
     started = time.time()
     payload = {
         "what": "TIGER beam search (beam 20) users/s: trie-constrained vs unconstrained, vs catalogue size",
@@ -177,14 +196,14 @@ def main() -> None:
         "model": "paper-size T5 (4+4 layers, d_model 128, 6x64 heads, MLP 1024), encoder once per user, "
         "cross-attention K/V shared by a user's beams, self-attention KV cache per beam",
         "load_avg_start": [round(x, 2) for x in os.getloadavg()],
-        "scaling": scaling(args.sizes, args.users),
+        "scaling": scaling(sizes, users),
     }
-    if args.checkpoint is not None:
-        payload["trained"] = trained(args.checkpoint, args.users)
+    if checkpoint is not None:
+        payload["trained"] = trained(checkpoint, users)
     payload["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     path = write_result("tiger_beam_search", payload, started)
     print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

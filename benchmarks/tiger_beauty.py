@@ -4,33 +4,38 @@
 The recipe is ``tiger_beauty`` with the overrides in ``CPU_BUDGET`` (a smaller T5 than the paper's, so that a
 few epochs fit the budget on a shared 2-core machine) and ``trainer.max_time`` = the budget; validation runs on
 the first ``VAL_USERS`` users every ``TRAIN_FRACTION`` of an epoch and the best validation checkpoint is tested.
-The embeddings and Semantic IDs are cached under ``benchmarks/.cache/tiger`` (computed on the first run).
+The model is built by ``zoo.build``: the embeddings and Semantic IDs are the ``semantic_ids`` stage, cached
+under ``cache_dir`` (``data.cache_dir``, default ``benchmarks/.cache/tiger``; computed on the first run, reused
+after).
 
-    ZOO_DATA_DIR=../shared/datasets python benchmarks/tiger_beauty.py [--budget-min 40] [key=value ...]
+    python -m benchmarks.tiger_beauty [budget_min=40] [cache_dir=DIR] [run_root=DIR] [paper_probe=true]
+        [dotted.key=value ...]
 
-Writes ``benchmarks/results/tiger_beauty_cpu.json`` with the stage, fit and test wall times, the load average
-(the machine is shared by several jobs) and the paper's numbers beside ours.
+Run it as a module from the repository root (the package installed); the data root is ``$ZOO_DATA_DIR`` (see
+the README's Datasets section). Dotted arguments are config overrides of the recipe.
 
-``--paper-probe`` instead times the paper-size model (``tiger_beauty`` as shipped: 4+4 layers, MLP 1024, batch
+Writes ``benchmarks/results/tiger_beauty_cpu.json`` with the stage, fit and test wall times (``stage_s`` is the
+whole build: corpus, Semantic-ID stage built or reused (``stage_reused``), model), the load average (the machine
+is shared by several jobs) and the paper's numbers beside ours.
+
+``paper_probe=true`` instead times the paper-size model (``tiger_beauty`` as shipped: 4+4 layers, MLP 1024, batch
 256) for a few training steps and a few hundred test users on real Beauty batches and extrapolates to the paper's
 200k steps and the full test split (``tiger_beauty_paper_probe.json``): what a paper-scale run costs here.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from omegaconf import OmegaConf
 
-from omegaconf import OmegaConf  # noqa: E402
+from benchmarks.common import cli, flag, integer, key_values, write_result
+from zoo.config import compose
 
-from benchmarks.common import write_result  # noqa: E402
-from zoo.config import compose  # noqa: E402
-
+BENCH_DIR = Path(__file__).resolve().parent
 PAPER = {"test/recall@5": 0.0454, "test/ndcg@5": 0.0321, "test/recall@10": 0.0648, "test/ndcg@10": 0.0384}
 VAL_USERS = 1024
 TRAIN_FRACTION = 0.25  # one "epoch" of the trainer = a quarter of the training examples (reshuffled each time)
@@ -55,31 +60,33 @@ CPU_BUDGET = [
 ]
 
 
-def paper_probe(args) -> None:
+def paper_probe(cache_dir: str, run_root: str, extra: list[str]) -> None:
     """Seconds per training step and test users per second of the paper-size TIGER on Beauty batches, with each
     batch run whole (``model.length_groups=1``) and as 4 groups of similar length (the default)."""
     import torch
 
-    from zoo.data import SequentialDataModule
-    from zoo.models.tiger import Tiger
+    from zoo.build import build
+    from zoo.data.loading import load_corpus
+    from zoo.stages import resolve
 
     started = time.time()
     steps, users = 5, 256
     base = [
-        f"model.cache_dir={args.cache_dir}",
+        f"data.cache_dir={cache_dir}",
         "model.rqvae.epochs=400",
         "model.rqvae.eval_every=50",
-        f"run_root={args.run_root}",
-        *args.overrides,
+        f"run_root={run_root}",
+        *extra,
     ]
     timings = {}
+    corpus = None
     for groups in (1, 4):
         cfg = compose("tiger_beauty", [*base, f"model.length_groups={groups}"])
-        datamodule = SequentialDataModule(cfg.data, seed=cfg.seed)
+        if corpus is None:  # the Semantic IDs first, so that both models start from the same seeded weights
+            corpus = load_corpus(cfg.data)
+            resolve("semantic_ids", cfg, corpus)
         torch.manual_seed(cfg.seed)
-        model = Tiger(cfg, datamodule)
-        datamodule.connect(model.data_spec())
-        model.prepare(datamodule)
+        model, datamodule = build(cfg, corpus=corpus)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr)
         model.train()
         step_s = []
@@ -125,33 +132,41 @@ def paper_probe(args) -> None:
     print(f"wrote {path}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--budget-min", type=int, default=40, help="wall-clock minutes for fit (train + validation)")
-    parser.add_argument("--cache-dir", default=str(Path(__file__).resolve().parent / ".cache" / "tiger"))
-    parser.add_argument("--run-root", default=str(Path(__file__).resolve().parent / ".cache" / "runs"))
-    parser.add_argument("--paper-probe", action="store_true", help="time the paper-size model instead (see above)")
-    parser.add_argument("overrides", nargs="*", help="extra dotted key=value overrides")
-    args = parser.parse_args()
-    if args.paper_probe:
-        paper_probe(args)
+def main(argv: list[str] | None = None) -> int:
+    return cli(_main, __doc__, argv)
+
+
+def _main(argv: list[str]) -> None:
+    extra: list[str] = []
+    args = key_values(
+        argv,
+        {
+            "budget_min": 40,  # wall-clock minutes for fit (train + validation)
+            "cache_dir": str(BENCH_DIR / ".cache" / "tiger"),
+            "run_root": str(BENCH_DIR / ".cache" / "runs"),
+            "paper_probe": False,  # time the paper-size model instead (see above)
+        },
+        overrides=extra,
+    )
+    budget_min = integer(args, "budget_min", minimum=1)
+    if flag(args, "paper_probe"):
+        paper_probe(args["cache_dir"], args["run_root"], extra)
         return
 
     import lightning as L
 
-    from zoo.data import SequentialDataModule
+    from zoo.build import build
     from zoo.io import write_text_atomic
-    from zoo.models.tiger import Tiger
     from zoo.run import RUN_DIR_ENV, resolve_run_dir
     from zoo.trainer import build_trainer
 
-    hours, minutes = divmod(args.budget_min, 60)
+    hours, minutes = divmod(budget_min, 60)
     overrides = [
         *CPU_BUDGET,
         f"trainer.max_time=00:{hours:02d}:{minutes:02d}:00",
-        f"model.cache_dir={args.cache_dir}",
-        f"run_root={args.run_root}",
-        *args.overrides,
+        f"data.cache_dir={args['cache_dir']}",
+        f"run_root={args['run_root']}",
+        *extra,
     ]
     cfg = compose("tiger_beauty", overrides)
     started = time.time()
@@ -159,14 +174,12 @@ def main() -> None:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run_dir = resolve_run_dir(cfg)
     os.environ[RUN_DIR_ENV] = str(run_dir)
-    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
-    datamodule = SequentialDataModule(cfg.data, seed=cfg.seed)
-    model = Tiger(cfg, datamodule)
-    datamodule.connect(model.data_spec())
     t0 = time.time()
-    model.prepare(datamodule)  # embeddings + RQ-VAE + Semantic IDs (cached)
+    stages: dict = {}
+    model, datamodule = build(cfg, stages=stages)  # corpus + embeddings, RQ-VAE, Semantic IDs (cached) + model
     stage_s = time.time() - t0
+    write_text_atomic(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))  # as applied by build
     trainer = build_trainer(cfg, model, run_dir)
     t0 = time.time()
     trainer.fit(model, datamodule=datamodule)
@@ -181,7 +194,7 @@ def main() -> None:
     ours = {k: round(metrics[k], 4) for k in PAPER}
     payload = {
         "what": "TIGER on Amazon Beauty (full test split, beam 20 constrained to real items) within a CPU budget",
-        "budget": f"{args.budget_min} min wall-clock of fit (train + validation on {VAL_USERS} users) on the shared "
+        "budget": f"{budget_min} min wall-clock of fit (train + validation on {VAL_USERS} users) on the shared "
         f"{os.cpu_count()}-core CPU machine",
         "metrics": {k: round(v, 6) for k, v in metrics.items()},
         "paper": PAPER,
@@ -193,6 +206,7 @@ def main() -> None:
         "best_val_ndcg@10": float(trainer.checkpoint_callback.best_model_score or float("nan")),
         "num_parameters": sum(p.numel() for p in model.t5.parameters()),
         "stage_s": round(stage_s, 1),
+        "stage_reused": bool(stages["semantic_ids"].reused),
         "fit_s": round(fit_s, 1),
         "test_s": round(test_s, 1),
         "test_users_per_s": round(len(datamodule.examples("test")) / test_s, 2),
@@ -210,4 +224,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -2,14 +2,17 @@
 
 RecBole does not import under numpy 2, so this script has two sides:
 
-* main env (``python3 benchmarks/peers/recbole_metrics.py``): builds random score matrices, computes zoo.metrics,
-  saves them to an .npz, runs itself with the RecBole venv's python (``--recbole IN OUT``), compares, and writes
+* main env (``python -m benchmarks.peers.recbole_metrics`` from the repository root, the package installed; it
+  takes no arguments): builds random score matrices, computes zoo.metrics, saves them to an .npz, runs this file
+  by path with the RecBole venv's python (``--recbole IN OUT``), compares, and writes
   ``benchmarks/results/peer_recbole_metrics.json``.
-* RecBole venv (``--recbole``): feeds the matrices to ``recbole.evaluator.Collector.eval_batch_collect`` in user
-  batches exactly as RecBole's trainer does in full-sort evaluation (padding column and history items set to
-  -inf first, as ``Trainer._full_sort_batch_eval`` does), then ``recbole.evaluator.Evaluator`` computes Recall,
-  Hit, NDCG, MRR, Precision@K and, from a users x items matrix with several positives, GAUC; AUC and LogLoss
-  come from ``Collector.eval_collect`` on (prediction, label) pairs.
+* RecBole venv (``--recbole IN OUT``, internal; that venv has no zoo, so this side imports only numpy, torch and
+  recbole and reads its two paths without ``benchmarks.common``): feeds the matrices to
+  ``recbole.evaluator.Collector.eval_batch_collect`` in user batches exactly as RecBole's trainer does in
+  full-sort evaluation (padding column and history items set to -inf first, as ``Trainer._full_sort_batch_eval``
+  does), then ``recbole.evaluator.Evaluator`` computes Recall, Hit, NDCG, MRR, Precision@K and, from a users x
+  items matrix with several positives, GAUC; AUC and LogLoss come from ``Collector.eval_collect`` on (prediction,
+  label) pairs.
 
 Cases: tie-free matrices (per-row permutations, so ``torch.topk`` order is unambiguous) of several sizes, with and
 without seen-item masking -- these must agree to 1e-6 -- and matrices with ties (few score levels, a
@@ -27,7 +30,6 @@ Build the venv with ``bash benchmarks/peers/setup_recbole_env.sh``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -159,10 +161,16 @@ def compare(zoo: dict[str, dict[str, float]], recbole: dict[str, dict[str, float
     return {"max_abs_diff_tie_free": per_metric, "cases": per_case, "tie_cases": ties}
 
 
-def main() -> None:
-    sys.path.insert(0, str(REPO))
-    from benchmarks.common import write_result
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.common import cli
 
+    return cli(_main, __doc__, argv)
+
+
+def _main(argv: list[str]) -> None:
+    from benchmarks.common import key_values, write_result
+
+    key_values(argv, {})  # no arguments
     started = time.time()
     if not VENV_PYTHON.exists():
         sys.exit(f"RecBole venv missing at {VENV_PYTHON}; build it with: bash benchmarks/peers/setup_recbole_env.sh")
@@ -251,10 +259,7 @@ def _collect_and_evaluate(config, collector_cls, evaluator_cls, scores, targets)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--recbole", nargs=2, metavar=("CASES_NPZ", "OUT_JSON"), help="internal: the venv side")
-    args = parser.parse_args()
-    if args.recbole:
-        recbole_side(*args.recbole)
+    if sys.argv[1:2] == ["--recbole"] and len(sys.argv) == 4:  # inside the RecBole venv (no zoo there)
+        recbole_side(sys.argv[2], sys.argv[3])
     else:
-        main()
+        sys.exit(main())

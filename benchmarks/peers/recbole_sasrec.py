@@ -5,21 +5,28 @@ mode: full}``; no filtering on either side), same network (max length 50, hidden
 dropout 0.5/0.5, GELU), same loss (full softmax CE), Adam lr 1e-3, full ranking without masking seen items, early
 stopping on validation NDCG@10. What differs is how each trains: RecBole makes one example per prefix (about 97k
 rows; a step is 256 of them, ~380 steps an epoch), the zoo one row per user with the loss at every position (943
-rows; the recipe's ``train_len: 300`` cuts long histories into windows so that 95% of RecBole's pairs are trained;
-a step is ``--zoo-batch-size`` users). RecBole runs in its own venv (it does not import under numpy 2), as a
-subprocess running this same file with ``--recbole-worker``; its epochs are capped (``--recbole-epochs``) to fit
-the time budget.
+rows; the recipe's ``data.train_len: 300`` cuts long histories into windows so that 95% of RecBole's pairs are
+trained; a step is ``zoo_batch_size`` users; the zoo's model is built by ``zoo.build``). RecBole runs in its own
+venv (it does not import under numpy 2), as a subprocess running this same file by path with ``--recbole-worker``
+and a JSON spec (that venv has no zoo, so the worker reads no other arguments); its epochs are capped
+(``recbole_epochs``) to fit the time budget.
 
 Writes ``benchmarks/results/peer_sasrec_ml100k.json``: per side, per seed time per epoch, wall time to the best
 validation NDCG@10, test Recall@10 / NDCG@10; mean and standard deviation over seeds; and how many test targets
 of the two splits agree (equal timestamps may be ordered differently). The defaults take about 90 minutes at one
-thread (RecBole ~220 s an epoch, 6 epochs x 3 seeds; the zoo at most 8 minutes a seed): start it with
-``nohup python3 -m benchmarks.peers.recbole_sasrec > /tmp/peer.log 2>&1 &``.
+thread (RecBole ~220 s an epoch, 6 epochs x 3 seeds; the zoo at most 8 minutes a seed). Run it as a module from
+the repository root (the package installed; build the venv first with ``bash benchmarks/peers/setup_recbole_env.sh``):
+
+    nohup python -m benchmarks.peers.recbole_sasrec [seeds=0,1,2] [recbole_seeds=SEEDS] [zoo_batch_size=6]
+        [recbole_epochs=6] [zoo_epochs=300] [patience=10] [zoo_patience=20] [zoo_max_minutes=8] [threads=1]
+        [name=peer_sasrec_ml100k] > /tmp/peer.log 2>&1 &
+
+``recbole_seeds`` defaults to ``seeds``; ``patience`` is the early stopping of both sides, in validations
+(``zoo_patience`` the zoo's: its epochs are 4 steps); ``threads`` the torch threads of both sides.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -27,10 +34,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+# Only the standard library at module level: the RecBole venv, which has no zoo, runs this file too.
 ROOT = Path(__file__).resolve().parents[2]
 VENV_PYTHON = ROOT / "benchmarks" / ".cache" / "recbole-venv" / "bin" / "python"
+WORKER = "--recbole-worker"  # internal: ``VENV_PYTHON this_file --recbole-worker '<JSON spec>'``
 SETTINGS = {
     "max_len": 50,
     "hidden_size": 64,
@@ -54,7 +64,7 @@ SETTINGS = {
 
 # -- RecBole side (runs inside the RecBole venv) -----------------------------------------------------------------
 def recbole_worker(
-    seed: int, max_epochs: int, patience: int, threads: int, out_path: Path, targets_path: Path | None
+    seed: int, max_epochs: int, patience: int, threads: int, out_path: str, targets_path: str | None
 ) -> None:
     """Train and test RecBole's SASRec once; write per-epoch timings and metrics to ``out_path``."""
     import functools
@@ -116,7 +126,7 @@ def recbole_worker(
         inter = test_data.dataset.inter_feat
         users = dataset.id2token("user_id", inter["user_id"].numpy())
         items = dataset.id2token("item_id", inter["item_id"].numpy())
-        targets_path.write_text(json.dumps({str(u): str(i) for u, i in zip(users, items)}))
+        Path(targets_path).write_text(json.dumps({str(u): str(i) for u, i in zip(users, items)}))
     setup_s = time.time() - started
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = SASRec(config, train_data.dataset).to(config["device"])
@@ -140,7 +150,7 @@ def recbole_worker(
     trainer.fit(train_data, valid_data, saved=True, show_progress=False)
     fit_s = time.time() - fit_start
     test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
-    out_path.write_text(
+    Path(out_path).write_text(
         json.dumps(
             {
                 "seed": seed,
@@ -159,11 +169,9 @@ def run_recbole(seed: int, max_epochs: int, patience: int, threads: int, targets
         sys.exit(f"RecBole venv missing: run `bash benchmarks/peers/setup_recbole_env.sh` (expected {VENV_PYTHON})")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "recbole.json"
-        cmd = [str(VENV_PYTHON), str(Path(__file__).resolve()), "--recbole-worker", "--seed", str(seed)]
-        cmd += ["--recbole-epochs", str(max_epochs), "--patience", str(patience), "--threads", str(threads)]
-        cmd += ["--out", str(out)]
-        if targets_path is not None:
-            cmd += ["--targets", str(targets_path)]
+        spec = {"seed": seed, "max_epochs": max_epochs, "patience": patience, "threads": threads}
+        spec.update(out_path=str(out), targets_path=None if targets_path is None else str(targets_path))
+        cmd = [str(VENV_PYTHON), str(Path(__file__).resolve()), WORKER, json.dumps(spec)]
         subprocess.run(cmd, check=True, cwd=tmp)
         raw = json.loads(out.read_text())
     return summarise_run(raw["epochs"], raw["test"]["recall@10"], raw["test"]["ndcg@10"], raw)
@@ -175,9 +183,8 @@ def run_zoo(seed: int, max_epochs: int, patience: int, max_minutes: int, batch_s
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
+    from zoo.build import build
     from zoo.config import compose
-    from zoo.data import SequentialDataModule
-    from zoo.models.sasrec import SASRec
     from zoo.trainer import build_trainer
 
     epochs: list[dict] = []
@@ -216,10 +223,7 @@ def run_zoo(seed: int, max_epochs: int, patience: int, max_minutes: int, batch_s
         )
         L.seed_everything(seed, workers=True, verbose=False)
         started = time.time()
-        datamodule = SequentialDataModule(cfg.data, seed=seed)
-        model = SASRec(cfg, datamodule)
-        datamodule.connect(model.data_spec())
-        model.prepare(datamodule)
+        model, datamodule = build(cfg)
         setup_s = time.time() - started
         trainer = build_trainer(cfg, model, Path(run_dir))
         trainer.callbacks.append(EpochClock())
@@ -288,38 +292,59 @@ def time_to_reach(runs: list[dict], threshold: float) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recbole-worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--targets", type=Path, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--recbole-seeds", type=int, nargs="+", default=None, help="default: --seeds")
-    parser.add_argument(
-        "--zoo-batch-size",
-        type=int,
-        default=6,
-        help="users per step; ~45 (prefix, next item) pairs each, so 6 ~ RecBole's 256 prefix rows per step",
+@dataclass
+class PeerArgs:
+    seeds: list[int]
+    recbole_seeds: list[int] | None  # None: the same as seeds
+    zoo_batch_size: int  # users per step; ~45 (prefix, next item) pairs each, so 6 ~ RecBole's 256 prefix rows
+    recbole_epochs: int  # cap on RecBole's epochs (time budget)
+    zoo_epochs: int
+    patience: int  # early stopping, in validations, both sides
+    zoo_patience: int  # the zoo's epochs are 4 steps: more patience
+    zoo_max_minutes: int  # cap on the zoo's training time per seed
+    threads: int  # torch threads, both sides (1 is faster when shared)
+    name: str
+
+
+def parse_args(argv: list[str]) -> PeerArgs:
+    from benchmarks.common import integer, integers, key_values
+
+    defaults = {
+        "seeds": "0,1,2",
+        "recbole_seeds": "",
+        "zoo_batch_size": 6,
+        "recbole_epochs": 6,
+        "zoo_epochs": 300,
+        "patience": 10,
+        "zoo_patience": 20,
+        "zoo_max_minutes": 8,
+        "threads": 1,
+        "name": "peer_sasrec_ml100k",
+    }
+    values = key_values(argv, defaults)
+    whole = ("zoo_batch_size", "recbole_epochs", "zoo_epochs", "patience", "zoo_patience", "zoo_max_minutes", "threads")
+    counts = {key: integer(values, key, minimum=0 if "patience" in key else 1) for key in whole}
+    return PeerArgs(
+        seeds=integers(values, "seeds", minimum=0),
+        recbole_seeds=integers(values, "recbole_seeds", minimum=0) if values["recbole_seeds"] else None,
+        name=str(values["name"]),
+        **counts,
     )
-    parser.add_argument("--recbole-epochs", type=int, default=6, help="cap on RecBole's epochs (time budget)")
-    parser.add_argument("--zoo-epochs", type=int, default=300)
-    parser.add_argument("--patience", type=int, default=10, help="early stopping, in validations, both sides")
-    parser.add_argument("--zoo-patience", type=int, default=20, help="the zoo's epochs are 4 steps: more patience")
-    parser.add_argument("--zoo-max-minutes", type=int, default=8, help="cap on the zoo's training time per seed")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads, both sides (1 is faster when shared)")
-    parser.add_argument("--name", default="peer_sasrec_ml100k")
-    args = parser.parse_args()
-    if args.recbole_worker:
-        recbole_worker(args.seed, args.recbole_epochs, args.patience, args.threads, args.out, args.targets)
-        return
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks.common import cli
+
+    return cli(_main, __doc__, argv)
+
+
+def _main(argv: list[str]) -> None:
     import torch
 
-    torch.set_num_threads(args.threads)
-
-    sys.path.insert(0, str(ROOT))
     from benchmarks.common import write_result
 
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
     started = time.time()
     load_before = os.getloadavg()[0]
     zoo_runs, recbole_runs = [], []
@@ -405,4 +430,7 @@ def _common_threshold(zoo_runs: list[dict], recbole_runs: list[dict]) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == [WORKER]:  # inside the RecBole venv (no zoo there): one JSON spec, no key=value parsing
+        recbole_worker(**json.loads(sys.argv[2]))
+    else:
+        sys.exit(main())
