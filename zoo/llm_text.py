@@ -18,8 +18,9 @@ Command line (user profiles for PALR, from each user's training history only)::
     python -m zoo.llm_text profiles recipe=palr_ml100k out=profiles.jsonl backend=http \\
         base_url=http://localhost:8000/v1 model=meta-llama/Llama-3.1-8B-Instruct api_key_env=OPENAI_API_KEY
 
-(``backend=hf model=<name or path>`` runs a local model instead; dotted ``key=value`` arguments override the
-recipe, e.g. ``data.name=ml1m``.)
+(``backend=hf model=<name, folder or .gguf>`` runs a local model instead, batched (``batch_size=``, default 8)
+with a KV cache and a progress bar showing tokens/s, e.g. ``backend=hf model=smollm2-135m`` offline; dotted
+``key=value`` arguments override the recipe, e.g. ``data.name=ml1m``.)
 """
 
 from __future__ import annotations
@@ -103,13 +104,17 @@ class HTTPChatGenerator:
 
 
 class HFTextGenerator:
-    """Greedy generation with a Hugging Face causal LM (``zoo.modules.llm.LLMConfig`` names it)."""
+    """Batched greedy generation with a local causal LM (``zoo.modules.llm.LLMConfig`` names it: a Hugging Face
+    name or folder, a GGUF file, or ``smollm2-135m`` offline), left-padded prompts and the model's KV cache
+    (``generate``), the tokenizer's chat template when it has one. ``generated_tokens`` counts the new tokens
+    (up to and including EOS) for throughput reports."""
 
     def __init__(self, llm_cfg, max_new_tokens: int = 128) -> None:
         from zoo.modules.llm import CausalLMBackbone
 
         self.backbone = CausalLMBackbone(llm_cfg).eval()
         self.max_new_tokens = max_new_tokens
+        self.generated_tokens = 0
 
     def _text(self, prompt: str) -> str:
         tok = self.backbone.tokenizer
@@ -135,10 +140,14 @@ class HFTextGenerator:
                 attention_mask=batch.attention_mask.to(device),
                 max_new_tokens=self.max_new_tokens,
                 do_sample=False,
+                use_cache=True,
                 eos_token_id=self.backbone.eos_token_id,
                 pad_token_id=self.backbone.pad_token_id,
             )
-        new = out[:, batch.input_ids.shape[1] :]
+        new = out[:, batch.input_ids.shape[1] :].cpu()
+        ended = new == self.backbone.eos_token_id
+        after_eos = (ended.long().cumsum(dim=1) - ended.long()) > 0  # positions after a row's first EOS
+        self.generated_tokens += int((~after_eos).sum())
         return [tok.decode(row, skip_special_tokens=True).strip() for row in new]
 
 
@@ -192,13 +201,25 @@ class TextCache:
 
 
 def generate_cached(
-    keys: Sequence[str], prompts: Sequence[str], generator: TextGenerator, cache_path: str | Path, batch_size: int = 8
+    keys: Sequence[str],
+    prompts: Sequence[str],
+    generator: TextGenerator,
+    cache_path: str | Path,
+    batch_size: int = 8,
+    progress: bool = False,
 ) -> dict[str, str]:
-    """Text for every key: from the cache when present (same prompt), else generated in batches and appended."""
+    """Text for every key: from the cache when present (same prompt), else generated in batches and appended.
+    ``progress`` shows a bar with the texts done and, for local models, the generated tokens per second."""
     if len(keys) != len(prompts):
         raise ValueError(f"{len(keys)} keys for {len(prompts)} prompts")
     cache = TextCache(cache_path)
     todo = [(k, p) for k, p in zip(keys, prompts) if cache.get(k, p) is None]
+    bar = None
+    if progress and todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="generating", unit="text", initial=0)
+    started, tokens_before = time.time(), getattr(generator, "generated_tokens", 0)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         texts = generator.generate([p for _, p in chunk])
@@ -206,6 +227,13 @@ def generate_cached(
             raise TextGenerationError(f"the generator returned {len(texts)} texts for {len(chunk)} prompts")
         for (key, prompt), text in zip(chunk, texts):
             cache.append(key, text, prompt)
+        if bar is not None:
+            bar.update(len(chunk))
+            tokens = getattr(generator, "generated_tokens", 0) - tokens_before
+            if tokens:
+                bar.set_postfix(tokens_per_s=f"{tokens / max(time.time() - started, 1e-9):.1f}")
+    if bar is not None:
+        bar.close()
     return {k: cache.get(k) for k in keys}
 
 
@@ -258,7 +286,18 @@ def main(argv: list[str] | None = None) -> int:
         options = _parse(argv[1:])
         overrides = [f"{k}={v}" for k, v in options.items() if "." in k]  # dotted keys override the recipe
         options = {k: v for k, v in options.items() if "." not in k}
-        known = {"recipe", "out", "backend", "base_url", "model", "api_key_env", "max_tokens", "max_history", "noun"}
+        known = {
+            "recipe",
+            "out",
+            "backend",
+            "base_url",
+            "model",
+            "api_key_env",
+            "max_tokens",
+            "max_history",
+            "noun",
+            "batch_size",
+        }
         unknown = sorted(set(options) - known)
         if unknown:
             raise ConfigError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
@@ -287,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             generator = HFTextGenerator(OmegaConf.structured(LLMConfig(backbone=options["model"])), max_tokens)
         else:
             raise ConfigError(f"unknown backend '{options['backend']}' (http | hf)")
-        texts = generate_cached(keys, prompts, generator, options["out"])
+        batch_size = int(options.get("batch_size", 8))
+        texts = generate_cached(keys, prompts, generator, options["out"], batch_size=batch_size, progress=True)
         print(f"{len(texts)} profiles in {options['out']}")
     except ZooError as err:
         print(f"error: {err}", file=sys.stderr)
