@@ -58,8 +58,9 @@ def synthetic_corpus(num_items: int = 12, users: int = 48, min_len: int = 5, max
         start = int(rng.integers(num_items))
         sequences.append([(start + t) % num_items + 1 for t in range(int(rng.integers(min_len, max_len + 1)))])
     corpus = Corpus.from_sequences("synthetic", sequences, num_items=num_items)
-    corpus.item_text["title"] = [""] + [f"the {WORDS[i % len(WORDS)]} book {i // len(WORDS) or ''}".strip()
-                                        for i in range(num_items)]
+    corpus.item_text["title"] = [""] + [
+        f"the {WORDS[i % len(WORDS)]} book {i // len(WORDS) or ''}".strip() for i in range(num_items)
+    ]
     corpus.item_text["genres"] = [""] + [("drama comedy", "action", "drama")[i % 3] for i in range(num_items)]
     corpus.item_text["year"] = [""] + [str(1990 + i % 4) for i in range(num_items)]
     corpus.user_features["gender"] = [("F", "M")[u % 2] for u in range(users)]

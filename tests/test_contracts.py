@@ -110,8 +110,10 @@ def test_score_state_scores_what_the_loss_scores(model_name, tmp_path):
         state = model.user_state(batch)
         full = model.score_state(state, 0, model.num_items + 1)
         assert torch.allclose(full, model.score_all(state), atol=1e-6)
-        chunks = torch.cat([model.score_state(state, s, min(s + 5, model.num_items + 1))
-                            for s in range(0, model.num_items + 1, 5)], dim=1)
+        chunks = torch.cat(
+            [model.score_state(state, s, min(s + 5, model.num_items + 1)) for s in range(0, model.num_items + 1, 5)],
+            dim=1,
+        )
         assert torch.allclose(chunks, full, atol=1e-6)
         picks = torch.randint(1, model.num_items + 1, (len(state), 4))
         assert torch.allclose(model.score_items(state, picks), full.gather(1, picks), atol=1e-5)
@@ -132,5 +134,5 @@ def test_pinned_loss_for_a_fixed_seed(model_name, tmp_path, one_thread):
         loss = float(model.compute_loss(first_batch(datamodule)))
     assert math.isfinite(loss)
     values = pinned()
-    assert model_name in values, f"add \"{model_name}\": {loss!r} to {PINNED.name} (a new method pins its loss)"
+    assert model_name in values, f'add "{model_name}": {loss!r} to {PINNED.name} (a new method pins its loss)'
     assert loss == pytest.approx(values[model_name], rel=1e-4), f"{model_name}: loss {loss!r} changed"

@@ -25,8 +25,10 @@ def backbone() -> CausalLMBackbone:
 
 def prompts(backbone):
     tok = backbone.tokenizer
-    rows = [tok("a user who read many books", add_special_tokens=False)["input_ids"],
-            tok("short", add_special_tokens=False)["input_ids"]]
+    rows = [
+        tok("a user who read many books", add_special_tokens=False)["input_ids"],
+        tok("short", add_special_tokens=False)["input_ids"],
+    ]
     batch = pack_left(rows, None, backbone.pad_token_id)  # left-padded: row 1 has padding first
     return batch.input_ids, batch.attention_mask
 
