@@ -21,10 +21,43 @@ from benchmarks.common import key_values
 from benchmarks.run import CELL_KIND, PAPERS_PATH
 from zoo.errors import ConfigError, ZooError
 from zoo.io import atomic_path, write_text_atomic
+from zoo.tasks import TASKS
 
 BENCH_DIR = Path(__file__).resolve().parent
-METRICS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
-METRIC_TITLES = {"recall@5": "Recall@5", "ndcg@5": "NDCG@5", "recall@10": "Recall@10", "ndcg@10": "NDCG@10"}
+METRICS = TASKS.get("sequential").columns  # the columns of the ranking families (zoo.tasks)
+CTR_METRICS = TASKS.get("ctr").columns
+METRIC_TITLES = {
+    "recall@5": "Recall@5",
+    "ndcg@5": "NDCG@5",
+    "recall@10": "Recall@10",
+    "ndcg@10": "NDCG@10",
+    "auc": "AUC",
+    "gauc": "GAUC",
+    "logloss": "LogLoss",
+}
+
+
+def family(cell: dict) -> str:
+    """The task family of a cell's model (``zoo.tasks``); a model no longer registered counts as sequential."""
+    from zoo.registry import MODELS, populate
+
+    populate()
+    name = ((cell.get("config") or {}).get("model") or {}).get("name", "")
+    return getattr(MODELS.get(name), "task", "sequential") if name in MODELS else "sequential"
+
+
+def ctr_table(dataset: str, cells: list[dict], link_base: Path) -> list[str]:
+    """Markdown lines of one dataset's CTR table (the CTR family's columns), best AUC first."""
+    header = ["Method", "Budget", *(METRIC_TITLES[m] for m in CTR_METRICS), "Training", "Wall time", "Result"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for cell in sorted(cells, key=lambda c: (-(_metric(c, "auc") or 0.0), c["method"], c["budget"])):
+        values = [f"{v:.4f}" if (v := _metric(cell, m)) is not None else "—" for m in CTR_METRICS]
+        link = os.path.relpath(cell["_path"], link_base)
+        row = [cell["method"], cell["budget"], *values, _training(cell), _duration(cell.get("wall_time_s"))]
+        lines.append("| " + " | ".join([*row, f"[json]({link})"]) + " |")
+    return lines
+
+
 SORT_METRIC = "ndcg@10"
 
 
@@ -223,6 +256,8 @@ def render_markdown(
 ) -> str:
     """The whole LEADERBOARD.md text (links relative to ``out``'s folder)."""
     base = out.parent
+    ctr_cells = [c for c in cells if family(c) == "ctr"]
+    cells = [c for c in cells if family(c) != "ctr"]
     datasets = _dataset_order(cells, papers)
     budgets = {c["budget"]: c.get("budget_description", "") for c in cells}
     lines = [
@@ -263,6 +298,18 @@ def render_markdown(
             lines.append("No runs yet.")
             continue
         lines += dataset_table(dataset, dataset_cells, papers, base)
+    if ctr_cells:
+        lines += [
+            "",
+            "## CTR models",
+            "",
+            "Click-through-rate models (the `ctr` family) on the CTR view of a rated "
+            "corpus: label = rating > `data.ctr_threshold`, leave-one-out per user; AUC and LogLoss on test.",
+            "",
+        ]
+        for dataset in sorted({c["dataset"] for c in ctr_cells}):
+            lines += [f"### {papers.dataset_titles.get(dataset, dataset)} (`{dataset}`)", ""]
+            lines += ctr_table(dataset, [c for c in ctr_cells if c["dataset"] == dataset], base) + [""]
     if others:
         lines += ["", "## Other benchmarks", "", "Result files not part of the grid, listed as they are:", ""]
         lines += [f"- [{p.name}]({os.path.relpath(p, base)})" + (f" ({note})" if note else "") for p, note in others]
@@ -320,7 +367,7 @@ def render(results_dir: Path, out: Path, plots_dir: Path, papers_path: Path) -> 
     cells, others = load_results(results_dir)
     plots = {}
     for dataset in _dataset_order(cells, papers):
-        dataset_cells = [c for c in cells if c["dataset"] == dataset]
+        dataset_cells = [c for c in cells if c["dataset"] == dataset and family(c) != "ctr"]
         if dataset_cells:
             title = papers.dataset_titles.get(dataset, dataset)
             plots[dataset] = plot_dataset(dataset, title, dataset_cells, papers, plots_dir / f"{dataset}.png")
