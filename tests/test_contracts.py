@@ -136,3 +136,23 @@ def test_pinned_loss_for_a_fixed_seed(model_name, tmp_path, one_thread):
     values = pinned()
     assert model_name in values, f'add "{model_name}": {loss!r} to {PINNED.name} (a new method pins its loss)'
     assert loss == pytest.approx(values[model_name], rel=1e-4), f"{model_name}: loss {loss!r} changed"
+
+
+@pytest.mark.parametrize("model_name", [n for n in RECOMMENDERS if MODELS.get(n).task == "generative"])
+def test_generative_methods_rank_only_the_candidates_or_refuse(model_name, tmp_path):
+    from zoo.errors import ConfigError
+
+    try:
+        model, datamodule = built(model_name, tmp_path, "data.eval_candidates=3", "eval.mask_seen=true")
+    except ConfigError as err:  # a method may refuse the protocol, in one line
+        assert "\n" not in str(err)
+        pytest.skip(f"{model_name} refuses sampled candidates: {err}")
+    model.eval()
+    batch = first_batch(datamodule, "test")
+    with torch.no_grad():
+        ranked = model.rank(batch, 3, candidates=batch["candidates"])
+        ranks = model.eval_ranks(batch)
+    inside = (ranked[:, :, None] == batch["candidates"][:, None, :]).any(dim=2) | (ranked == 0)
+    assert bool(inside.all()), f"{model_name} ranked items outside the candidate lists"
+    assert bool((ranked[:, 0] > 0).all())
+    assert int(ranks.min()) >= 0
