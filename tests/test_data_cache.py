@@ -13,7 +13,7 @@ import pytest
 
 from zoo.config import DataConfig
 from zoo.data import cache as cache_module
-from zoo.data.cache import cache_dir, load_cached_corpus, save_corpus
+from zoo.data.cache import cache_dir, cache_root, load_cached_corpus, save_corpus
 from zoo.data.corpus import Corpus, FixedSplit
 from zoo.data.loading import load_corpus
 from zoo.data.sources import seqfile
@@ -24,8 +24,9 @@ FIXTURES = Path(__file__).parent / "fixtures" / "data"
 
 @pytest.fixture(autouse=True)
 def _cache_dir(tmp_path, monkeypatch) -> Path:
+    """The cache root is $ZOO_CACHE_DIR; processed corpora live under its ``corpora/``."""
     monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+    return tmp_path / "cache" / "corpora"
 
 
 def assert_same_corpus(a: Corpus, b: Corpus) -> None:
@@ -121,17 +122,31 @@ def test_cache_dir_falls_back_when_the_root_is_read_only(tmp_path, monkeypatch):
     monkeypatch.delenv("ZOO_CACHE_DIR")
     monkeypatch.setattr(cache_module, "user_cache_dir", lambda: tmp_path / "user")
     writable = tmp_path / "root"
-    assert cache_dir(DataConfig(root=str(writable))) == writable / "cache"
+    assert cache_root(DataConfig(root=str(writable))) == writable / "cache"
+    assert cache_dir(DataConfig(root=str(writable))) == writable / "cache" / "corpora"
     blocked = tmp_path / "a_file"  # a root that cannot be created (its parent is a file)
     blocked.write_text("")
-    assert cache_dir(DataConfig(root=str(blocked / "root"))) == tmp_path / "user" / "cache"
+    assert cache_root(DataConfig(root=str(blocked / "root"))) == tmp_path / "user" / "cache"
+    assert cache_dir(DataConfig(root=str(blocked / "root"))) == tmp_path / "user" / "cache" / "corpora"
     read_only = tmp_path / "ro"
     read_only.mkdir()
     read_only.chmod(stat.S_IRUSR | stat.S_IXUSR)
     try:
         if not os.access(read_only, os.W_OK):  # (root can write anywhere)
-            assert cache_dir(DataConfig(root=str(read_only))) == tmp_path / "user" / "cache"
+            assert cache_root(DataConfig(root=str(read_only))) == tmp_path / "user" / "cache"
     finally:
         read_only.chmod(stat.S_IRWXU)
     monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "env"))
-    assert cache_dir(DataConfig(root=str(writable))) == tmp_path / "env"
+    assert cache_root(DataConfig(root=str(writable))) == tmp_path / "env"
+    assert cache_dir(DataConfig(root=str(writable))) == tmp_path / "env" / "corpora"
+    # data.cache_dir wins over the environment
+    explicit = DataConfig(root=str(writable), cache_dir=str(tmp_path / "mine"))
+    assert cache_root(explicit) == tmp_path / "mine" and cache_dir(explicit) == tmp_path / "mine" / "corpora"
+
+
+def test_data_cache_dir_holds_the_corpus_cache(tmp_path, _cache_dir):
+    path = tmp_path / "s.txt"
+    path.write_text("1 1 2 3\n")
+    load_corpus(seq_config(path, cache_dir=str(tmp_path / "mine")))
+    assert len(list((tmp_path / "mine" / "corpora").glob("seqfile-*.npz"))) == 1
+    assert not _cache_dir.exists()  # not under $ZOO_CACHE_DIR

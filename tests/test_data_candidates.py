@@ -44,9 +44,9 @@ def test_sampled_candidates_are_target_plus_unseen_distinct_items():
 
 def test_sampled_candidates_are_the_same_for_every_method_and_run():
     corpus = random_corpus()
-    spec_a, spec_b = DataSpec(train_mode="sequence", max_len=5), DataSpec(train_mode="prefix", max_len=20)
-    a = SequentialDataModule(DataConfig(eval_candidates=6), seed=1, corpus=corpus)
-    b = SequentialDataModule(DataConfig(eval_candidates=6), seed=99, corpus=corpus)
+    spec_a, spec_b = DataSpec(train_mode="sequence"), DataSpec(train_mode="prefix")
+    a = SequentialDataModule(DataConfig(eval_candidates=6, max_len=5), seed=1, corpus=corpus)
+    b = SequentialDataModule(DataConfig(eval_candidates=6, max_len=20), seed=99, corpus=corpus)
     a.connect(spec_a)
     b.connect(spec_b)
     assert torch.equal(stacked(a, "test", "candidates"), stacked(b, "test", "candidates"))

@@ -124,11 +124,19 @@ def test_constrained_beam_search_ranks_every_item_like_exhaustive_scoring(backbo
 
 def test_candidate_trie_restricts_each_row_to_its_candidates(backbone, titles) -> None:
     candidates = torch.tensor([[3, 1, 5, 0], [8, 2, 2, 4]])  # 0 = none, repeats are ignored
-    trie, starts = titles.candidate_trie(candidates)
+    _, starts = titles.candidate_trie(candidates)
     assert bool((starts > 0).all())
     prompts = [[1000, 2000], [3000, 4000, 5000]]
     batch = pack_left(prompts, None, backbone.pad_token_id)
-    items, scores = generate_items(backbone, batch.input_ids, batch.attention_mask, trie, 4, row_prefixed=True)
+    items, scores = generate_items(
+        backbone,
+        batch.input_ids,
+        batch.attention_mask,
+        titles.trie,
+        4,
+        candidates=candidates,
+        sequences=titles.sequences,
+    )
     for row, prompt in enumerate(prompts):
         allowed = [i for i in dict.fromkeys(candidates[row].tolist()) if i > 0]
         ref = exhaustive_log_probs(backbone, prompt, {i: titles.response(i) for i in allowed})

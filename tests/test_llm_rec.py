@@ -12,8 +12,8 @@ import torch
 from conftest import SHARED_DATASETS, SHRINK, requires_shared_data
 from omegaconf import OmegaConf
 
+from zoo.build import build
 from zoo.config import DataConfig, compose
-from zoo.data import SequentialDataModule
 from zoo.data.corpus import Corpus
 from zoo.data.prompts import HEADER, RESPONSE, domain_prompt
 from zoo.data.sources.msl import msl_source
@@ -135,7 +135,7 @@ def llm_cfg(loss: str = "lml", **extra):
         "data.eval_batch_size=16",
         "model.tiny_hidden=32",
         "model.tiny_heads=2",
-        "model.max_history=3",
+        "data.max_len=3",
         f"loss.name={loss}",
         "eval.num_beams=8",
         "eval.ks=[1,5]",
@@ -143,11 +143,14 @@ def llm_cfg(loss: str = "lml", **extra):
     return compose("llmrec_ml100k", overrides + [f"{k}={v}" for k, v in extra.items()])
 
 
+def llm_build(loss: str = "lml", **extra):
+    """``zoo.build`` of the tiny LLMRec on the cycle corpus: (model, datamodule)."""
+    return build(llm_cfg(loss=loss, **extra), corpus=cycle_corpus())
+
+
 def test_llmrec_batches_put_the_target_title_after_the_prompt() -> None:
-    cfg = llm_cfg()
-    dm = SequentialDataModule(cfg.data, seed=0, corpus=cycle_corpus())
-    model = LLMRec(cfg, dm)
-    dm.connect(model.data_spec())
+    model, dm = llm_build()
+    assert dm.max_len == 3
     batch = next(iter(dm.test_dataloader()))
     tok = model.backbone.tokenizer
     instruction, prefix = domain_prompt("movies")
@@ -155,6 +158,7 @@ def test_llmrec_batches_put_the_target_title_after_the_prompt() -> None:
         labels = batch["labels"][row]
         response = batch["input_ids"][row][labels != -100].tolist()
         assert response == model.titles.response(int(batch["target"][row]))
+        assert len(batch["history"][row]) == 3  # data.max_len: the prompt lists the last 3 items
         history = ", ".join(f'"{model.titles.titles[i]}"' for i in batch["history"][row].tolist() if i)
         text = f"{HEADER}### Instruction:\n{instruction}\n\n### Input:\n{prefix}{history}{RESPONSE}"
         prompt = batch["prompt_ids"][row][batch["prompt_mask"][row].bool()].tolist()
@@ -166,10 +170,7 @@ def test_llmrec_batches_put_the_target_title_after_the_prompt() -> None:
 @pytest.mark.parametrize("loss", ["lml", "msl", "msl_ats"])
 def test_each_token_loss_drops_in_by_name(loss) -> None:
     torch.manual_seed(0)
-    cfg = llm_cfg(loss=loss)
-    dm = SequentialDataModule(cfg.data, seed=0, corpus=cycle_corpus())
-    model = LLMRec(cfg, dm)
-    dm.connect(model.data_spec())
+    model, dm = llm_build(loss=loss)
     batch = next(iter(dm.train_dataloader()))
     value = model.compute_loss(batch)
     value.backward()
@@ -199,10 +200,7 @@ def test_tiny_llm_learns_a_deterministic_next_title(one_thread) -> None:
     """Trained on the item cycle, the model must rank the true next item first for most test users (a shift or
     label misalignment anywhere in prompts, logits or decoding would leave it at chance, 1/8). About 8 s of CPU."""
     torch.manual_seed(0)
-    cfg = llm_cfg(loss="msl")
-    dm = SequentialDataModule(cfg.data, seed=0, corpus=cycle_corpus())
-    model = LLMRec(cfg, dm)
-    dm.connect(model.data_spec())
+    model, dm = llm_build(loss="msl", seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
     model.train()
     for _ in range(10):
@@ -238,9 +236,7 @@ def test_lora_checkpoints_leave_out_the_pretrained_weights_and_reload_exactly(tm
 
     path = saved_backbone(tmp_path / "backbone", seed=0)
     cfg = llm_cfg(**{"model.backbone": str(path), "model.lora_r": 2, "model.lora_dropout": 0.0})
-    dm = SequentialDataModule(cfg.data, seed=0, corpus=cycle_corpus())
-    model = LLMRec(cfg, dm)
-    dm.connect(model.data_spec())
+    model, dm = build(cfg, corpus=cycle_corpus())
     trainer = L.Trainer(
         max_epochs=1, limit_train_batches=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False,
@@ -269,6 +265,6 @@ def test_lora_checkpoints_leave_out_the_pretrained_weights_and_reload_exactly(tm
 
 def test_tiny_llama_checkpoints_keep_every_weight() -> None:
     """tiny-llama is initialised at random, so nothing can be left out of its checkpoints, LoRA or not."""
-    dm = SequentialDataModule(llm_cfg().data, seed=0, corpus=cycle_corpus())
+    model, dm = llm_build()
+    assert model.reloadable_frozen_names() == []
     assert LLMRec(llm_cfg(**{"model.lora_r": 2}), dm).reloadable_frozen_names() == []
-    assert LLMRec(llm_cfg(), dm).reloadable_frozen_names() == []

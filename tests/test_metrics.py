@@ -21,7 +21,6 @@ from zoo.metrics import (
     sampled_ranks,
     target_ranks,
 )
-from zoo.registry import METRICS
 
 KS = (1, 2, 3, 5, 10)
 
@@ -229,7 +228,7 @@ def test_sampled_equals_full_ranking_over_the_same_items():
 
 def test_ranking_metric_accumulates_batches_exactly():
     scores, targets, _ = random_case(seed=5, users=37, levels=6)
-    metric = METRICS.get("ranking")(ks=KS)
+    metric = RankingMetrics(ks=KS)
     assert metric is not None and isinstance(metric, RankingMetrics)
     for start in (0, 5, 6, 30):
         stop = {0: 5, 5: 6, 6: 30, 30: 37}[start]

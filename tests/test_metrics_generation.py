@@ -7,7 +7,6 @@ import torch
 
 from zoo.errors import DataError
 from zoo.metrics import GenerationMetrics, generation_stats
-from zoo.registry import METRICS
 
 
 def python_counts(ranked: torch.Tensor, num_items: int) -> tuple[int, int]:
@@ -38,7 +37,7 @@ def test_random_lists_match_python_and_accumulate():
     assert generation_stats(ranked, 12) == pytest.approx(
         {"invalid_rate": invalid / ranked.numel(), "duplicate_rate": duplicate / ranked.numel()}
     )
-    metric = METRICS.get("generation")(num_items=12)
+    metric = GenerationMetrics(num_items=12)
     assert isinstance(metric, GenerationMetrics)
     for part in ranked.split([1, 40, 23]):
         metric.update(part)

@@ -1,5 +1,6 @@
-"""PALR against a candidates file written in the test (the SASRec export format): the two instruction tasks, the
-evaluation prompt, generation constrained to each user's candidates, and a tiny model that learns to pick."""
+"""PALR against a candidates file written in the test (the SASRec export format, ``model.retriever=file``): the two
+instruction tasks, the evaluation prompt, generation constrained to each user's candidates, and a tiny model that
+learns to pick."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import pytest
 import torch
 from test_llm_rec import cycle_corpus, one_thread  # noqa: F401  (fixture)
 
+from zoo.build import build
 from zoo.config import compose
 from zoo.data import SequentialDataModule
 from zoo.data.candidates import save_candidates
 from zoo.errors import ConfigError, DataError
-from zoo.models.palr import PALR
 
 NUM_ITEMS = 8
 
@@ -42,21 +43,20 @@ def palr(tmp_path, *overrides, corpus=None):
     cfg = compose(
         "palr_ml100k",
         [
+            "seed=0",
+            "model.retriever=file",
             f"data.candidates_path={path}",
             "data.batch_size=16",
+            "data.max_len=3",
             "model.tiny_hidden=32",
             "model.tiny_heads=2",
-            "model.max_history=3",
             "model.num_candidates=4",
             "eval.num_beams=4",
             "eval.ks=[1,4]",
             *overrides,
         ],
     )
-    dm = SequentialDataModule(cfg.data, seed=0, corpus=corpus)
-    model = PALR(cfg, dm)
-    dm.connect(model.data_spec())
-    return model, dm
+    return build(cfg, corpus=corpus)
 
 
 def decoded(model, ids, mask) -> str:
@@ -110,7 +110,8 @@ def test_generation_is_constrained_to_each_users_candidates(tmp_path) -> None:
 
 
 def test_popularity_retriever_skips_seen_items(tmp_path) -> None:
-    model, dm = palr(tmp_path, "model.retriever=popularity", "model.num_candidates=3")
+    model, dm = palr(tmp_path, "model.retriever=popularity", "model.num_candidates=3", "data.candidates_path=null")
+    assert dm.protocol.candidates == "full"  # no candidates file: the lists come from the popularity retriever
     batch = next(iter(dm.test_dataloader()))
     assert batch["candidates"].shape[1] == 3
     for history, cands in zip(batch["history"].tolist(), batch["candidates"].tolist()):

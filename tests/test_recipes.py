@@ -44,6 +44,7 @@ def test_inheritance_cycle_is_reported(tmp_path, monkeypatch):
         (["data.name=nope"], "unknown dataset 'nope'"),
         (["trainer.preset=gpu"], "invalid trainer.preset='gpu'"),
         (["logger.name=mlflow"], "invalid logger.name='mlflow'"),
+        # null (the task family's default) is valid too; the message lists max, min first
         (["trainer.monitor_mode=maximum"], "invalid trainer.monitor_mode='maximum'; valid: max, min"),
         (["loss.name=nope"], "unknown loss 'nope'"),
         (["bogus"], "must look like dotted.key=value"),
@@ -53,6 +54,20 @@ def test_inheritance_cycle_is_reported(tmp_path, monkeypatch):
 def test_bad_overrides(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
         compose("pop_ml100k", overrides)
+
+
+def test_monitor_defaults_come_from_the_task_family():
+    """trainer.monitor / monitor_mode left null are filled by the builder from the model's family (recorded as
+    applied in the config); explicit values are kept."""
+    from conftest import build_on
+
+    assert compose("pop_ml100k").trainer.monitor is None and compose("pop_ml100k").trainer.monitor_mode is None
+    model, _ = build_on("pop_ml100k")
+    assert (model.cfg.trainer.monitor, model.cfg.trainer.monitor_mode) == ("val/ndcg@10", "max")
+    model, _ = build_on("fm_ml100k")
+    assert (model.cfg.trainer.monitor, model.cfg.trainer.monitor_mode) == ("val/auc", "max")
+    model, _ = build_on("pop_ml100k", ["trainer.monitor=val/recall@5", "trainer.monitor_mode=min"])
+    assert (model.cfg.trainer.monitor, model.cfg.trainer.monitor_mode) == ("val/recall@5", "min")
 
 
 def test_recipes_dir_has_no_import_paths():

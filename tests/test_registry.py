@@ -12,7 +12,7 @@ def test_register_get_and_names():
         pass
 
     reg.register("b", object)
-    assert reg.get("a") is A and A.registered_name == "a"
+    assert reg.get("a") is A
     assert reg.names() == ["a", "b"] and "a" in reg and len(reg) == 2
 
 
@@ -40,6 +40,13 @@ def test_import_path_lookup():
 
 def test_builtins_registered():
     populate()
-    assert "pop" in MODELS and "ml100k" in SOURCES and {"ce", "lml"} <= set(LOSSES.names())
+    from zoo.stages import STAGES
+
+    assert {"pop", "sasrec", "tiger", "fm"} <= set(MODELS.names()) and "ml100k" in SOURCES
+    assert {"ce", "lml", "logloss"} <= set(LOSSES.names())
     for name in LOSSES.names():
-        assert LOSSES.get(name).kind in ("item", "token")
+        assert LOSSES.get(name).kind in ("item", "token", "ctr")
+    assert LOSSES.get("logloss").kind == "ctr" and LOSSES.get("ce").kind == "item"
+    assert MODELS.get("fm").task == "ctr" and MODELS.get("fm").loss_kind == "ctr"
+    assert {"item_embeddings", "semantic_ids", "retriever"} <= set(STAGES.names())
+    assert STAGES.get("semantic_ids").needs == ("item_embeddings",)

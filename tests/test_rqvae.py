@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from zoo.config import compose
-from zoo.models.rqvae import MONITOR, semantic_id_cache_key, train_rqvae
+from zoo.models.rqvae import MONITOR, train_rqvae
 from zoo.modules.rqvae import (
     RQVAE,
     ResidualQuantizer,
@@ -128,5 +128,18 @@ def test_lightning_stage_trains_and_logs_catalogue_metrics(tmp_path):
     checkpoint = module.trainer.checkpoint_callback
     assert checkpoint.mode == "min"
     assert float(checkpoint.best_model_score) <= float(logged[MONITOR]) + 1e-9
-    key = semantic_id_cache_key("emb", cfg.model.rqvae, cfg.seed)
-    assert key != semantic_id_cache_key("emb", cfg.model.rqvae, cfg.seed + 1)
+
+
+def test_semantic_id_stage_key_follows_the_seed_and_the_rqvae_settings():
+    """The Semantic IDs are cached under a key of the RQ-VAE section and the seed (``zoo.stages``)."""
+    from zoo.stages import SemanticIdStage, stage_key
+
+    stage = SemanticIdStage()
+
+    def key(*overrides: str) -> str:
+        cfg = compose("rqvae_ml100k", list(overrides))
+        return stage_key(stage, stage.inputs(cfg, None), "corpus", {})
+
+    assert key() == key()
+    assert key() != key("seed=43")
+    assert key() != key("model.rqvae.codebook_size=16")

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import synthetic_corpus
 
+from zoo.build import build
 from zoo.config import compose, recipe_names
 from zoo.data.candidates import load_candidates
 from zoo.data.corpus import Corpus
@@ -29,7 +31,7 @@ TINY = [
     "model.dropout=0.0",
     "model.attn_dropout=0.0",
     "data.max_len=8",
-    "model.train_len=0",
+    "data.train_len=0",
     "data.batch_size=16",
     "data.eval_batch_size=32",
     "trainer.enable_progress_bar=false",
@@ -47,21 +49,14 @@ def one_thread():
 
 
 def cyclic_corpus(users: int = 48, items: int = 12, length: int = 10) -> Corpus:
-    """Every user walks the items in a cycle from a random start: the next item is always (last mod N) + 1."""
-    rng = np.random.default_rng(0)
-    sequences = []
-    for _ in range(users):
-        start = int(rng.integers(items))
-        sequences.append([(start + t) % items + 1 for t in range(int(rng.integers(4, length + 1)))])
-    return Corpus.from_sequences("cyclic", sequences, num_items=items)
+    """Every user walks the items in a cycle from a random start: the next item is always (last mod N) + 1
+    (the shared synthetic corpus, with rows of 4 to ``length`` items)."""
+    return synthetic_corpus(num_items=items, users=users, min_len=4, max_len=length)
 
 
 def make_model(overrides: list[str] = (), corpus: Corpus | None = None) -> tuple[SASRec, SequentialDataModule]:
-    cfg = compose("sasrec_ml100k", [*TINY, *overrides])
-    datamodule = SequentialDataModule(cfg.data, seed=cfg.seed, corpus=corpus or cyclic_corpus())
-    model = SASRec(cfg, datamodule)
-    datamodule.connect(model.data_spec())
-    model.prepare(datamodule)
+    model, datamodule = build(compose("sasrec_ml100k", [*TINY, *overrides]), corpus=corpus or cyclic_corpus())
+    assert isinstance(model, SASRec) and isinstance(datamodule, SequentialDataModule)
     return model, datamodule
 
 
@@ -176,8 +171,8 @@ def test_sequence_mode_loss_equals_mean_of_per_prefix_losses():
 
 @pytest.mark.parametrize("max_len", [4, 5])
 def test_training_windows_train_every_target_once_with_context(max_len):
-    model, _ = make_model([f"data.max_len={max_len}", "model.train_len=13"])
-    assert model.data_spec().max_len == 13
+    model, datamodule = make_model([f"data.max_len={max_len}", "data.train_len=13"])
+    assert datamodule.train_len == 13 and model.cfg.data.train_len == 13 and model.max_len == max_len
     lengths = [13, 9, 3, 1]
     history = torch.zeros(len(lengths), 13, dtype=torch.long)
     targets = torch.zeros_like(history)
@@ -200,7 +195,7 @@ def test_training_windows_train_every_target_once_with_context(max_len):
 
 def test_long_rows_train_in_windows_and_evaluate_on_the_last_max_len_items():
     corpus = Corpus.from_sequences("long", [[(u + t) % 12 + 1 for t in range(30)] for u in range(6)], num_items=12)
-    model, datamodule = make_model(["model.train_len=28"], corpus=corpus)
+    model, datamodule = make_model(["data.train_len=28"], corpus=corpus)
     batch = next(iter(datamodule.train_dataloader()))
     assert batch["history"].shape[1] == 28
     assert torch.isfinite(model.compute_loss(batch))
@@ -268,7 +263,8 @@ def test_export_candidates_ranks_by_score(tmp_path):
     scores = model.score(batch)
     scores[:, 0] = float("-inf")
     assert np.array_equal(lists["test"][1][:, 0], scores.argmax(dim=1).numpy())
-    chunked = top_k_items(model, batch, 4, chunk_size=5)
+    state = model.user_state(batch)
+    chunked = top_k_items(lambda s, e: model.score_state(state, s, e), model.num_items, 4, chunk_size=5)
     assert np.array_equal(chunked.numpy(), lists["test"][1])
     with pytest.raises(ConfigError, match="candidates k"):
         export_candidates(model, datamodule, 0, tmp_path / "bad.npz")

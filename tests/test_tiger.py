@@ -203,10 +203,12 @@ def test_one_command_runs_every_stage_then_reuses_the_caches(tmp_path, capsys):
     data = tmp_path / "tiny"
     write_tiny_atomic(data)
     run_root = tmp_path / "runs"
+    cache = tmp_path / "cache"  # the cache root of this test only (data.cache_dir)
     args = [
         "recipe=tiger_ml100k",
         "data.name=atomic",
         f"data.path={data}",
+        f"data.cache_dir={cache}",
         f"run_root={run_root}",
         "trainer.max_epochs=2",
         "trainer.check_val_every_n_epoch=1",
@@ -222,8 +224,18 @@ def test_one_command_runs_every_stage_then_reuses_the_caches(tmp_path, capsys):
     for key in ("test/ndcg@10", "test/recall@5", "rqvae/collision_rate", "rqvae/usage_l0", "rqvae/recon_mse"):
         assert np.isfinite(first[key]), key
     assert first["rqvae/reused_cache"] == 0.0
-    (embedding_file,) = list((run_root / "cache" / "embeddings").glob("*.npy"))
-    (ids_file,) = list((run_root / "cache" / "semantic_ids").glob("*.npz"))
+    # stage artifacts: <cache root>/stages/<stage>/<corpus>-<key>/ with their files and manifest.json
+    (embedding_dir,) = list((cache / "stages" / "item_embeddings").iterdir())
+    (ids_dir,) = list((cache / "stages" / "semantic_ids").iterdir())
+    assert embedding_dir.name.startswith("tiny-") and ids_dir.name.startswith("tiny-")
+    embedding_file, ids_file = embedding_dir / "embeddings.npy", ids_dir / "codes.npy"
+    assert (embedding_dir / "manifest.json").is_file() and (ids_dir / "manifest.json").is_file()
+    manifest = json.loads((ids_dir / "manifest.json").read_text())
+    assert manifest["stage"] == "semantic_ids" and manifest["metrics"]["rqvae/collision_rate"] == pytest.approx(
+        first["rqvae/collision_rate"]
+    )
+    codes = np.load(ids_file)  # one unique Semantic ID per item (the collision column makes them unique)
+    assert len(codes) == len(np.load(embedding_file)) and len(np.unique(codes, axis=0)) == len(codes)
     stamps = embedding_file.stat().st_mtime_ns, ids_file.stat().st_mtime_ns
     assert (first_dir / "checkpoints" / "best.ckpt").is_file()
 

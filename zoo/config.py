@@ -221,7 +221,7 @@ def _check_choices(cfg: DictConfig) -> None:
     for key, valid in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in valid:
-            raise ConfigError(f"invalid {key}={value!r}; valid: {', '.join(valid)}")
+            raise ConfigError(f"invalid {key}={value!r}; valid: {', '.join(str(v) for v in valid if v is not None)}")
     SOURCES.get(cfg.data.name)
     model_cls = MODELS.get(cfg.model.name)
     loss_kind = getattr(model_cls, "loss_kind", "none")

@@ -24,13 +24,13 @@ class LastItem(RecModel):
     Config = LastItemConfig
     loss_kind = "item"
 
-    def __init__(self, cfg, datamodule) -> None:
-        super().__init__(cfg, datamodule)
+    def __init__(self, cfg, datamodule, artifacts=None) -> None:
+        super().__init__(cfg, datamodule, artifacts)
         self.items = nn.Embedding(self.num_items + 1, cfg.model.dim, padding_idx=0)
         self.proj = nn.Linear(cfg.model.dim, cfg.model.dim)
 
     def data_spec(self) -> DataSpec:
-        return DataSpec(train_mode="prefix", max_len=1)
+        return DataSpec(train_mode="prefix")  # it reads only the last history item (its recipe: data.max_len=1)
 
     def user_state(self, batch: dict) -> torch.Tensor:
         return self.proj(self.items(batch["history"][:, -1]))

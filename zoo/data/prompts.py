@@ -68,6 +68,7 @@ def prompt_frame(tokenizer, mode: str = "auto") -> PromptFrame:
     opening, _, closing = text.partition(CHAT_PLACEHOLDER)
     return PromptFrame(opening, "\n\n", closing)
 
+
 # instructions of the MSL / BIGRec code, by the dataset's item domain
 DOMAIN_PROMPTS = {
     "books": (
