@@ -1,10 +1,12 @@
 """Render ``benchmarks/LEADERBOARD.md`` and ``benchmarks/plots/<dataset>.png`` from the result JSON files.
 
-``python -m benchmarks.render [results_dir=DIR] [out=FILE] [plots_dir=DIR] [papers=FILE]``
+``python -m benchmarks.render [results_dir=DIR] [out=FILE] [plots_dir=DIR] [papers=FILE] [claims=FILE]
+[claims_out=FILE]``
 
 Only the leaderboard cells (``<method>__<dataset>__<budget>.json`` written by ``benchmarks.run``) are tabulated;
 other result files in the folder are listed under "Other benchmarks" with a link, as they are. Each row shows
 our number, the published one (``benchmarks/papers.yaml``) and the relative difference (ours - paper) / paper.
+It also writes the claims ledger ``benchmarks/CLAIMS.md`` from ``benchmarks/claims.yaml`` (``benchmarks.claims``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from benchmarks.claims import CLAIMS_MD, CLAIMS_PATH, render_claims
 from benchmarks.common import key_values
 from benchmarks.run import CELL_KIND, PAPERS_PATH
 from zoo.errors import ConfigError, ZooError
@@ -382,14 +385,18 @@ def main(argv: list[str] | None = None) -> int:
         "out": BENCH_DIR / "LEADERBOARD.md",
         "plots_dir": BENCH_DIR / "plots",
         "papers": PAPERS_PATH,
+        "claims": CLAIMS_PATH,
+        "claims_out": CLAIMS_MD,
     }
     try:
         settings = {key: Path(value) for key, value in key_values(argv, settings).items()}
         out = render(settings["results_dir"], settings["out"], settings["plots_dir"], settings["papers"])
+        ledger = render_claims(settings["claims"], settings["results_dir"], settings["claims_out"])
     except ZooError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     print(f"wrote {out}")
+    print(f"wrote {ledger}")
     return 0
 
 
