@@ -83,6 +83,7 @@ class EvalConfig:
     mask_seen: bool = False  # off, as in the S3-Rec / P5 / TIGER protocol
     item_chunk_size: int = 0  # score items in chunks of this size (0 = all at once)
     num_beams: int = 20  # generative methods
+    save_ranks: bool = False  # write each test example's user, target and rank to <run_dir>/test_ranks.npz
 
 
 @dataclass

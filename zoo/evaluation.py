@@ -108,6 +108,7 @@ class RankingEvaluator(nn.Module):
     def __init__(self, model, ks: tuple[int, ...]) -> None:
         super().__init__()
         self.ks = ks
+        self.kept: list[torch.Tensor] | None = None
         self.ranking = RankingMetrics(ks)
         self.generative = model.task == "generative"
         if self.generative:
@@ -135,7 +136,13 @@ class RankingEvaluator(nn.Module):
         return ranks_from_lists(ranked, targets)
 
     def update(self, model, batch: dict) -> None:
-        self.ranking.update(self.ranks(model, batch))
+        ranks = self.ranks(model, batch)
+        self.ranking.update(ranks)
+        if self.kept is not None:  # per-example ranks, for paired bootstrap intervals (eval.save_ranks)
+            self.kept.append(torch.stack([batch["user"].cpu(), batch["target"].cpu(), ranks.cpu()], dim=1))
+
+    def keep_ranks(self) -> None:
+        self.kept = []
 
     def compute(self) -> dict[str, torch.Tensor]:
         values = dict(self.ranking.compute())

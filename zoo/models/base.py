@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -170,7 +171,21 @@ class RecModel(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")
 
+    def on_test_epoch_start(self) -> None:
+        if self.cfg.eval.get("save_ranks") and hasattr(self.test_metrics, "keep_ranks"):
+            self.test_metrics.keep_ranks()
+
     def on_test_epoch_end(self) -> None:
+        kept = getattr(self.test_metrics, "kept", None)
+        if kept is not None and self.trainer.is_global_zero:
+            import numpy as np
+
+            from zoo.io import atomic_path
+
+            rows = torch.cat(kept).numpy() if kept else np.zeros((0, 3), dtype=np.int64)
+            with atomic_path(Path(self.trainer.default_root_dir) / "test_ranks.npz") as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, user=rows[:, 0], target=rows[:, 1], rank=rows[:, 2])
         self.test_results = self._log_metrics("test")
 
     def _log_metrics(self, prefix: str) -> dict[str, float]:
