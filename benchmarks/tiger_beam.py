@@ -134,11 +134,25 @@ def scaling(sizes: list[int], num_users: int) -> list[dict]:
     return rows
 
 
+def load_checkpoint(checkpoint: Path) -> dict:
+    """A Lightning checkpoint read with ``weights_only=True``: tensors, containers and plain values only, never
+    an arbitrary pickled object (a checkpoint from elsewhere cannot run code). The zoo saves its config as a
+    plain container (``OmegaConf.to_container``), so nothing needs allow-listing; a checkpoint that holds other
+    objects is refused with the one global it would need."""
+    import pickle
+
+    try:
+        return torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported object"
+        raise DataError(f"checkpoint={checkpoint}: refused to unpickle it with weights_only=True ({first})") from None
+
+
 def trained(checkpoint: Path, num_users: int) -> dict:
     """Constrained vs unconstrained decoding of a trained tiger run on its own test users."""
     from omegaconf import OmegaConf
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    state = load_checkpoint(checkpoint)
     saved = OmegaConf.create(state["hyper_parameters"]["config"])  # the run's resolved config
     base = compose("tiger_beauty", [f"model.name={GIVEN_IDS}"])  # the Semantic IDs are the checkpoint's
     model_section = {k: v for k, v in saved.model.items() if k in base.model and k != "name"}  # today's keys

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -15,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from zoo.errors import ConfigError
-from zoo.registry import LOSSES, MODELS, SOURCES, nearest, populate
+from zoo.registry import LOSSES, MODELS, SOURCES, allow_imports, nearest, populate
 
 RECIPES_DIR = Path(os.environ.get("ZOO_RECIPES", Path(__file__).resolve().parent.parent / "recipes"))
 
@@ -117,12 +118,64 @@ def recipe_names() -> list[str]:
 
 
 def _recipe_path(name: str) -> Path:
-    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
-        return Path(name)
+    """A recipe of the recipes folder by name (``sasrec_ml100k``, ``_base/default``), or a YAML file by path."""
     path = RECIPES_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"unknown recipe '{name}'; nearest: {nearest(name, recipe_names())}")
-    return path
+    if not name.endswith((".yaml", ".yml")) and path.is_file():
+        return path
+    given = Path(name).expanduser()
+    if given.suffix in (".yaml", ".yml") or os.sep in name or "/" in name:
+        for candidate in (given, given.with_name(given.name + ".yaml")):
+            if candidate.is_dir():
+                raise ConfigError(f"recipe {candidate}: is a directory, expected a YAML file")
+            if candidate.is_file():
+                return candidate
+    raise ConfigError(f"unknown recipe '{name}'; nearest: {nearest(name, recipe_names())}")
+
+
+def recipe_stem(name: str) -> str:
+    """The recipe's name in the run directory path: the file stem only, reduced to ``[A-Za-z0-9._-]`` so that a
+    recipe given by path (``/some/where/x.yaml``, ``../../x``) can never place a run outside ``run_root``."""
+    stem = Path(name).name
+    for suffix in (".yaml", ".yml"):
+        stem = stem.removesuffix(suffix)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")
+    return stem or "recipe"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}' (first on line {seen[key] + 1})", key_node.start_mark
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def read_yaml(path: Path):
+    """Parse one YAML file (a UTF-8 BOM is ignored); ConfigError naming the file on bad YAML or a repeated key."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the recipe ({err})") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        if "duplicate key" in str(problem):
+            raise ConfigError(f"{where}: {problem}") from None
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from None
 
 
 def load_recipe(name: str, _seen: tuple[str, ...] = ()) -> dict:
@@ -130,10 +183,7 @@ def load_recipe(name: str, _seen: tuple[str, ...] = ()) -> dict:
     if name in _seen:
         raise ConfigError(f"recipe inheritance cycle: {' -> '.join(_seen + (name,))}")
     path = _recipe_path(name)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from None
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a recipe must be a mapping of keys")
     bases = data.pop("base", []) or []
@@ -188,7 +238,9 @@ def compose(recipe: str, overrides: list[str] | None = None) -> DictConfig:
     over = _parse_overrides(overrides or [])
     names = OmegaConf.to_container(OmegaConf.merge(raw, over))  # which model / loss the schema must describe
     populate()
-    for module in names.get("plugins") or []:
+    plugins = [str(m) for m in names.get("plugins") or []]
+    allow_imports(plugins)  # the recipe's plugins (and their submodules) may be named as "module:Object"
+    for module in plugins:
         try:
             importlib.import_module(module)
         except ImportError as err:
@@ -203,8 +255,13 @@ def compose(recipe: str, overrides: list[str] | None = None) -> DictConfig:
             schema = OmegaConf.merge(schema, layer)
         except OmegaConfBaseException as err:
             raise ConfigError(_explain(err)) from None
-    schema.recipe = Path(recipe).stem if recipe.endswith((".yaml", ".yml")) else recipe
+    schema.recipe = recipe_stem(recipe)
     _check_choices(schema)
+    from zoo.validate import check_monitor, check_run_root, check_values
+
+    check_values(schema)
+    check_monitor(schema, MODELS.get(schema.model.name))
+    check_run_root(schema)
     return schema
 
 

@@ -61,11 +61,23 @@ class RemoteFile:
         return hashlib.new(algorithm)
 
 
+def check_input_file(path: Path, what: str = "file") -> Path:
+    """``path`` if it is a file; else a one-line DataError: missing, or a directory where a file is expected."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise DataError(f"{what} {path}: is a directory, expected a file")
+    raise DataError(f"missing {what}: {path}")
+
+
 def require_file(path: Path, remote: RemoteFile | None, download: bool) -> Path:
     """``path`` if it exists; else fetch it from ``remote`` (when ``download``); else a one-line DataError."""
     path = Path(path)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a file")
     if remote is None:
         raise DataError(f"missing file {path} (it has no upstream URL: place it there)")
     if not download:
@@ -87,7 +99,6 @@ def fetch(remote: RemoteFile, dest: Path, timeout: float = 60.0, progress: bool 
         _stream(remote, part, dest, timeout, progress)
         _verify(remote, part, dest)
         os.replace(part, dest)
-        lock.unlink(missing_ok=True)  # processes still waiting on it find ``dest`` and return
     return dest
 
 
@@ -154,15 +165,31 @@ def _verify(remote: RemoteFile, part: Path, dest: Path) -> None:
 
 @contextmanager
 def _exclusive(lock_path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``lock_path`` so that concurrent processes (DDP ranks) download a file once."""
+    """Hold an exclusive lock on ``lock_path`` so that concurrent processes (DDP ranks) download a file once.
+
+    The lock file is removed when the holder is done, whether the download succeeded or failed (offline), so
+    no empty ``.lock`` is left behind. A process that was waiting on the removed file notices (its inode is no
+    longer the one at ``lock_path``) and locks the path afresh, so two processes never hold it at once."""
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; downloads are still atomic
         yield
         return
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    while True:
+        handle = open(lock_path, "a")
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                same = os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:  # the previous holder removed it while we waited: lock the current file
+                continue
+            try:
+                yield
+            finally:
+                Path(lock_path).unlink(missing_ok=True)  # still holding the lock: nobody else holds this inode
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            return
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()

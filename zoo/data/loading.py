@@ -7,6 +7,8 @@ data root, downloading missing upstream files), ``data.min_seq_len`` drops short
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 import zoo.data.sources  # noqa: F401  (registers the sources)
@@ -14,6 +16,10 @@ from zoo.data.cache import cached
 from zoo.data.corpus import Corpus
 from zoo.errors import ConfigError, DataError
 from zoo.registry import SOURCES
+
+log = logging.getLogger(__name__)
+LEAVE_ONE_OUT_MIN = 3  # a user needs a training item, a validation target and a test target
+TRAIN_EXAMPLE_MIN = 4  # ... and two training items for one training example (history -> next item)
 
 
 def load_corpus(cfg) -> Corpus:
@@ -30,7 +36,38 @@ def load_corpus(cfg) -> Corpus:
         corpus = source(cfg)
         return filter_short_users(corpus, cfg.min_seq_len) if cfg.min_seq_len else corpus
 
-    return cached(cfg, cfg.name, source, build) if cfg.cache else build()
+    corpus = cached(cfg, cfg.name, source, build) if cfg.cache else build()
+    return warn_short_users(corpus)
+
+
+def check_training_split(corpus: Corpus, num_examples: int) -> None:
+    """DataError when the leave-one-out training split of ``corpus`` has no example (every user is shorter than
+    ``TRAIN_EXAMPLE_MIN``). Called by the DataModule where it builds the training examples."""
+    if num_examples:
+        return
+    longest = int(corpus.lengths().max()) if corpus.num_users else 0
+    raise DataError(
+        f"{corpus.name}: the training split is empty: no user has the {TRAIN_EXAMPLE_MIN} interactions "
+        f"leave-one-out needs for a training example (longest has {longest})"
+    )
+
+
+def warn_short_users(corpus: Corpus) -> Corpus:
+    """Under leave-one-out (no split shipped with the data): a warning with the count of users too short to be
+    evaluated, who would otherwise be left out of validation and test without notice."""
+    if corpus.fixed_splits or corpus.num_users == 0:
+        return corpus
+    lengths = corpus.lengths()
+    short = int((lengths < LEAVE_ONE_OUT_MIN).sum())
+    if short:
+        log.warning(
+            "%s: %d of %d users have fewer than %d interactions and are left out of validation and test",
+            corpus.name,
+            short,
+            corpus.num_users,
+            LEAVE_ONE_OUT_MIN,
+        )
+    return corpus
 
 
 def filter_short_users(corpus: Corpus, min_len: int) -> Corpus:

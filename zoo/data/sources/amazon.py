@@ -210,9 +210,11 @@ def read_meta(path: Path, asins: set[str]) -> dict[str, dict]:
 
 def _open_text(path: Path) -> TextIO:
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a file")
     if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
+        return gzip.open(path, "rt", encoding="utf-8-sig")
+    return path.open(encoding="utf-8-sig")
 
 
 def meta_text(corpus: Corpus, meta: dict[str, dict]) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 
 from zoo.data.cache import source_inputs
 from zoo.data.corpus import Corpus
+from zoo.data.download import check_input_file
 from zoo.data.events import first_appearance_codes, handles_k_core, k_core_mask
 from zoo.errors import DataError
 from zoo.registry import SOURCES
@@ -58,10 +59,8 @@ class AtomicTable:
 
 def read_atomic(path: Path) -> AtomicTable:
     """Read one atomic file; DataError with ``file:line`` and what was expected on any malformed line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"missing atomic file: {path}")
-    with path.open(encoding="utf-8", newline="") as f:
+    path = check_input_file(Path(path), "atomic file")
+    with path.open(encoding="utf-8-sig", newline="") as f:  # a UTF-8 byte-order mark is dropped
         try:
             raw_lines = f.read().split("\n")
         except UnicodeDecodeError as err:
@@ -114,6 +113,7 @@ def load_atomic(
         raise DataError(f"{inter.path}: no interactions")
     timestamps = inter.get("timestamp")
     if timestamps is not None:
+        timestamps = _numeric_column(inter, "timestamp")
         missing = np.flatnonzero(np.isnan(np.asarray(timestamps, dtype=np.float64)))
         if len(missing):
             raise DataError(f"{inter.path}:{inter.lines[missing[0]]}: empty timestamp (expected a number)")
@@ -149,6 +149,24 @@ def load_atomic(
                     _text(values[row_of[u]]) if u in row_of else "" for u in corpus.user_ids
                 ]
     return corpus.validate()
+
+
+def _numeric_column(table: AtomicTable, name: str) -> list[float]:
+    """A column as floats, whether typed ``float`` or ``token``; DataError naming the line of a non-number (e.g.
+    a date string in a ``timestamp:token`` column: the zoo orders by numeric time, write Unix seconds)."""
+    values = table[name]
+    out = []
+    for row, value in enumerate(values):
+        if isinstance(value, float):
+            out.append(value)
+            continue
+        try:
+            out.append(float(value) if value != "" else float("nan"))
+        except ValueError:
+            raise DataError(
+                f"{table.path}:{table.lines[row]}: field '{name}' expects a number (e.g. Unix seconds), got {value!r}"
+            ) from None
+    return out
 
 
 def _text(value) -> str:

@@ -53,21 +53,28 @@ def resolve_msl_folder(cfg) -> tuple[Path, Path | None]:
 
 
 def read_titles(path: Path) -> dict[str, str]:
+    if path.is_dir():
+        raise DataError(f"msl: {path}: is a directory, expected a file")
     if not path.is_file():
         raise DataError(f"msl: missing {path}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as err:
         raise DataError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
     if not isinstance(data, dict) or not data:
         raise DataError(f"{path}: expected a non-empty object mapping item id -> title")
+    bad = next((k for k, v in data.items() if not isinstance(v, str)), None)
+    if bad is not None:
+        raise DataError(f"{path}: item {bad} has a {type(data[bad]).__name__} title, expected a string")
     return {str(k): html.unescape(str(v)) for k, v in data.items()}
 
 
 def read_windows(path: Path, known_items: dict[str, int]) -> tuple[list[str], list[list[int]], list[float]]:
     """Rows of an MSL CSV: raw user ids, internal item id lists (history + target) and timestamps."""
     users, windows, times = [], [], []
-    with path.open(encoding="utf-8", newline="") as f:
+    if path.is_dir():
+        raise DataError(f"msl: {path}: is a directory, expected a file")
+    with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if not header or "user_id" not in header or "item_ids" not in header:

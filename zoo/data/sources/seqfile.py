@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -18,22 +19,28 @@ import numpy as np
 
 from zoo.data.cache import source_inputs
 from zoo.data.corpus import Corpus
+from zoo.data.download import check_input_file
 from zoo.errors import DataError
 from zoo.registry import SOURCES
 
 SEQUENCE_LINE = "'user_id item_id [item_id ...]' (integers, item ids >= 1)"
 PLACEHOLDER_TITLE = re.compile(r"title_\d+")
+INT64_DIGITS = 18  # ids of up to 18 digits fit in int64 (its largest value has 19)
+# a sequence file whose largest item id is this many times its number of distinct items (and above
+# SPARSE_MIN_ID) is refused: its ids are not the 1..N numbering the zoo keeps as internal ids (see
+# ``check_dense_ids``); renumbering would silently break every other file keyed by those ids (titles, maps)
+SPARSE_FACTOR = 10
+SPARSE_MIN_ID = 1000
+log = logging.getLogger(__name__)
 
 
 def read_sequence_file(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Parse a sequence file into (user ids in line order, offsets [U+1], flat item ids). Blank lines are
     skipped; a malformed line, an empty sequence, an item id < 1 or a repeated user id raises DataError naming
     ``file:line``."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"missing sequence file: {path}")
+    path = check_input_file(Path(path), "sequence file")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a UTF-8 byte-order mark is dropped
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     numbered = [(lineno, line.split()) for lineno, line in enumerate(text.splitlines(), start=1) if line.strip()]
@@ -42,7 +49,7 @@ def read_sequence_file(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
     lengths = np.fromiter((len(tokens) - 1 for _, tokens in numbered), dtype=np.int64, count=len(numbered))
     try:
         tokens = np.array(text.split(), dtype=np.int64)
-    except ValueError:
+    except (ValueError, OverflowError):
         tokens = None
     if tokens is None or (lengths == 0).any():
         _raise_first_malformed(path, numbered)
@@ -73,16 +80,16 @@ def _raise_first_malformed(path: Path, numbered: list[tuple[int, list[str]]]) ->
         for token in tokens:
             if not re.fullmatch(r"-?\d+", token):
                 raise DataError(f"{path}:{lineno}: '{token}' is not an integer id; expected {SEQUENCE_LINE}")
+            if len(token.lstrip("-")) > INT64_DIGITS and abs(int(token)) > np.iinfo(np.int64).max:
+                raise DataError(f"{path}:{lineno}: id {token} does not fit a 64-bit integer; expected {SEQUENCE_LINE}")
     raise DataError(f"{path}: malformed sequence file; expected lines of {SEQUENCE_LINE}")
 
 
 def read_json(path: Path) -> Any:
     """Parse a JSON file, reporting a missing or malformed file as one DataError line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"missing file: {path}")
+    path = check_input_file(Path(path))
     try:
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:  # a UTF-8 byte-order mark is dropped
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
@@ -116,6 +123,10 @@ def clean_title(raw: Any) -> str:
 def titles_field(path: Path, num_items: int) -> list[str]:
     """The ``title`` item-text field (N+1 entries, "" = missing) from an item-id -> title JSON."""
     by_item = read_item_map(path, num_items)
+    for item, title in by_item.items():
+        if title is not None and not isinstance(title, str):
+            kind = type(title).__name__
+            raise DataError(f"{path}: item {item} has a {kind} title ({str(title)[:40]}), expected a string")
     return [""] + [clean_title(by_item.get(i)) for i in range(1, num_items + 1)]
 
 
@@ -157,6 +168,7 @@ def apply_datamaps(corpus: Corpus, path: Path) -> dict:
 def load_sequence_corpus(name: str, path: Path, titles: Path | None = None) -> Corpus:
     """A corpus from a sequence file (internal item id = file item id), with optional titles."""
     user_ids, offsets, items = read_sequence_file(path)
+    check_dense_ids(path, items)
     num_items = int(items.max())
     corpus = Corpus(
         name=name,
@@ -168,6 +180,21 @@ def load_sequence_corpus(name: str, path: Path, titles: Path | None = None) -> C
     if titles is not None:
         corpus.item_text["title"] = titles_field(titles, num_items)
     return corpus.validate()
+
+
+def check_dense_ids(path: Path, items: np.ndarray) -> None:
+    """Refuse a file whose item ids are far from 1..N (largest id 200,000 for 5 real items): the zoo keeps the
+    file's ids as its item ids, so the model would score (and sample negatives from) mostly ids that never occur.
+    Refusing is deliberate: renumbering would silently break the title JSON / id maps keyed by the file's ids."""
+    largest = int(items.max())
+    distinct = len(np.unique(items))
+    if largest > SPARSE_MIN_ID and largest > SPARSE_FACTOR * distinct:
+        raise DataError(
+            f"{path}: item ids are sparse (largest {largest}, only {distinct} distinct items); renumber them 1..N "
+            "(the zoo uses the file's ids as item ids)"
+        )
+    if largest > distinct:
+        log.warning("%s: %d of the item ids 1..%d never occur", path, largest - distinct, largest)
 
 
 def _seqfile_inputs(cfg) -> list[Path]:
