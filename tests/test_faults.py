@@ -252,7 +252,8 @@ def test_data_fault(row, tmp_path, run_root, capsys):
     if row == "atomic dataset with an empty training split" and not TRAIN_CHECKED:
         pytest.xfail("zoo/data/datamodule.py does not yet call zoo.data.loading.check_training_split")
     overrides, needles = DATA_ROWS[row](tmp_path)
-    code, err = cli(["recipe=pop_ml100k", f"run_root={run_root}", *overrides, *SHRINK], capsys)
+    recipe = "sasrec_ml100k" if "training split" in row else "pop_ml100k"  # pop trains nothing: no training split
+    code, err = cli([f"recipe={recipe}", f"run_root={run_root}", *overrides, *SHRINK], capsys)
     assert code == 1, err
     assert_one_line(err, *needles)
     if not HOOKED:

@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from zoo.data.candidates import load_candidates
 from zoo.data.corpus import Corpus
-from zoo.data.loading import load_corpus
+from zoo.data.loading import check_training_split, load_corpus
 from zoo.errors import DataError
 
 EVAL_CANDIDATES_SEED = 2020  # fixed, independent of the run seed: every method ranks the same sampled lists
@@ -113,12 +113,21 @@ class ExampleDataset(Dataset):
 class BatchIndexSampler(Sampler):
     """Yields lists of example indices. Shuffles with (seed, epoch) when training. Under DDP each rank takes
     every world-th example: training pads to equal length (ranks must step together), evaluation does not
-    (every example is counted exactly once, so metrics equal a single process's)."""
+    (every example is counted exactly once, so metrics equal a single process's).
+
+    The epoch comes from the trainer: Lightning calls ``set_epoch(current epoch)`` before every training epoch,
+    so a resumed run's epoch k shuffles exactly as epoch k of an uninterrupted run (the sampler's own counter is
+    not in the checkpoint). Used outside a trainer (no ``set_epoch``), each iteration advances the epoch."""
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1) -> None:
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
         self.rank, self.world = rank, world
         self.epoch = 0
+        self._epoch_set = False
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self._epoch_set = True
 
     def _indices(self) -> np.ndarray:
         if self.shuffle:
@@ -132,7 +141,8 @@ class BatchIndexSampler(Sampler):
 
     def __iter__(self) -> Iterator[list[int]]:
         order = self._indices()
-        self.epoch += 1
+        if not self._epoch_set:
+            self.epoch += 1
         for i in range(0, len(order), self.batch_size):
             yield order[i : i + self.batch_size].tolist()
 
@@ -254,15 +264,19 @@ class SequentialDataModule(ShardedDataModule):
         train_len = lengths - 2  # the training part s[:n-2]
         if self.spec.train_mode == "sequence":
             keep = train_len >= 2
-            return Examples(
+            result = Examples(
                 c.items, starts[keep], starts[keep] + train_len[keep] - 1, np.full(keep.sum(), -1), users[keep]
             )
+            check_training_split(c, len(result))
+            return result
         n_targets = np.clip(train_len - 1, 0, None)  # targets s[1..n-3]
         user = np.repeat(users, n_targets)
         step = np.arange(n_targets.sum()) - np.repeat(np.cumsum(n_targets) - n_targets, n_targets) + 1
         start = starts[user]
         end = start + step
-        return Examples(c.items, start, end, c.items[end], user)
+        result = Examples(c.items, start, end, c.items[end], user)
+        check_training_split(c, len(result))
+        return result
 
     def _fixed_examples(self, split: str) -> Examples:
         name = {"val": "valid"}.get(split, split)
