@@ -257,11 +257,10 @@ def compose(recipe: str, overrides: list[str] | None = None) -> DictConfig:
             raise ConfigError(_explain(err)) from None
     schema.recipe = recipe_stem(recipe)
     _check_choices(schema)
-    from zoo.validate import check_monitor, check_run_root, check_values
+    from zoo.validate import check_monitor, check_values
 
     check_values(schema)
     check_monitor(schema, MODELS.get(schema.model.name))
-    check_run_root(schema)
     return schema
 
 

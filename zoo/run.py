@@ -256,6 +256,9 @@ def run(cfg: DictConfig, corpus=None) -> dict[str, float]:
 
     from zoo.io import discard_failed_run_dir
 
+    from zoo.validate import check_machine
+
+    check_machine(cfg)  # a GPU preset without a GPU, an unwritable run_root: before any directory is claimed
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     inherited = os.environ.get(RUN_DIR_ENV)
     run_dir = resolve_run_dir(cfg)

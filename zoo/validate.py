@@ -1,6 +1,7 @@
 """Value checks of a composed config, run by ``zoo.config.compose`` before any run directory exists, so that a
-meaningless value (a batch size of 0, a negative learning rate, a precision Lightning does not know, a GPU preset
-on a machine without one, a monitor the model never logs) is one ``ConfigError`` line, not a traceback mid-run.
+meaningless value (a batch size of 0, a negative learning rate, a precision Lightning does not know, a monitor the
+model never logs) is one ``ConfigError`` line, not a traceback mid-run. What depends on the machine (a GPU preset
+without a GPU, an unwritable run_root) is ``check_machine``, run by ``zoo.run`` before it claims a run directory.
 
 The schema (``zoo.config``) checks keys and types; this module checks ranges and cross-field rules."""
 
@@ -78,7 +79,6 @@ def check_values(cfg: DictConfig) -> None:
         _fail("eval.ks", ks, "must be a non-empty list of cut-offs >= 1")
     for section in ("model", "loss"):
         _check_model_fields(section, cfg.get(section))
-    _check_hardware(cfg.trainer)
 
 
 def _check_trainer(t: DictConfig) -> None:
@@ -137,6 +137,13 @@ def _check_model_fields(section: str, values: Any) -> None:
             and value < 1
         ):
             _fail(f"{section}.{name}", value, "a layer size must be >= 1")
+
+
+def check_machine(cfg: DictConfig) -> None:
+    """What depends on the machine a config runs on, checked by ``zoo.run`` before it claims a run directory (a
+    config for a GPU machine still composes on a CPU one): a GPU preset without a GPU, an unwritable run_root."""
+    _check_hardware(cfg.trainer)
+    check_run_root(cfg)
 
 
 def _check_hardware(t: DictConfig) -> None:
