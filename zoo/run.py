@@ -255,7 +255,6 @@ def run(cfg: DictConfig, corpus=None) -> dict[str, float]:
     import lightning as L
 
     from zoo.io import discard_failed_run_dir
-
     from zoo.validate import check_machine
 
     check_machine(cfg)  # a GPU preset without a GPU, an unwritable run_root: before any directory is claimed
