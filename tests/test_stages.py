@@ -118,3 +118,18 @@ def test_palr_runs_from_nothing_then_reuses_its_retriever_stage(tmp_path, capsys
         assert stages["retriever"]["path"] in config  # the candidates the run applied are recorded
     retriever = next((tmp_path / "cache" / "stages" / "retriever").iterdir())
     assert (retriever / "candidates.npz").is_file() and (retriever / "run" / "checkpoints" / "best.ckpt").is_file()
+
+
+def test_a_damaged_artifact_is_rebuilt_not_reused(tmp_path, capsys):
+    BUILDS.clear()
+    corpus = synthetic_corpus()
+    first = resolve("_test_counter", cfg_for(tmp_path), corpus)
+    first.file("value.txt").write_text("99")  # same size, content changed behind the cache's back
+    second = resolve("_test_counter", cfg_for(tmp_path), corpus)
+    assert not second.reused and len(BUILDS) == 2
+    assert second.file("value.txt").read_text() == str(corpus.num_items * 4)
+    assert "is damaged (value.txt changed since it was built): rebuilding it" in capsys.readouterr().err
+    second.file("value.txt").unlink()
+    third = resolve("_test_counter", cfg_for(tmp_path), corpus)
+    assert not third.reused and len(BUILDS) == 3
+    assert resolve("_test_counter", cfg_for(tmp_path), corpus).reused

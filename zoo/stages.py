@@ -131,11 +131,16 @@ def resolve(
     path = stage_root(cfg) / name / f"{corpus.name}-{key}"
     manifest = path / MANIFEST
     if manifest.is_file() and not rebuild:
-        record = json.loads(manifest.read_text())
-        artifact = Artifact(name, key, path, True, record.get("metrics", {}), inputs)
-        _report(artifact)
-        resolved[name] = artifact
-        return artifact
+        problem = damaged(path)
+        if problem is None:
+            record = json.loads(manifest.read_text())
+            artifact = Artifact(name, key, path, True, record.get("metrics", {}), inputs)
+            _report(artifact)
+            resolved[name] = artifact
+            return artifact
+        log.warning("stage %s: %s is damaged (%s): rebuilding it", name, path, problem)
+        print(f"stage {name}: {path} is damaged ({problem}): rebuilding it", file=sys.stderr)
+        rebuild = True
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     tmp.mkdir(parents=True)
     started = time.time()
@@ -152,6 +157,7 @@ def resolve(
             "upstream": {n: a.key for n, a in upstream.items()},
             "metrics": metrics,
             "build_s": round(time.time() - started, 3),
+            "files": file_digests(tmp),
         }
         write_json_atomic(tmp / MANIFEST, record)
         if (path / MANIFEST).is_file() and not rebuild:  # another process finished first: keep its artifact
@@ -171,6 +177,38 @@ def resolve(
     _report(artifact)
     resolved[name] = artifact
     return artifact
+
+
+HASHED_BYTES = 64 << 20  # files up to this size are checked by content hash on reuse, larger ones by size
+
+
+def file_digests(folder: Path) -> dict[str, dict]:
+    """Size (and SHA-256 up to ``HASHED_BYTES``) of every file of an artifact, recorded in its manifest."""
+    out = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+        entry = {"size": path.stat().st_size}
+        if entry["size"] <= HASHED_BYTES:
+            entry["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        out[str(path.relative_to(folder))] = entry
+    return out
+
+
+def damaged(path: Path) -> str | None:
+    """Why a complete-looking artifact cannot be trusted (a file missing, truncated or changed since it was
+    built, an unreadable manifest), or None. Artifacts of older manifests without ``files`` are trusted."""
+    try:
+        record = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError) as err:
+        return f"unreadable manifest: {err}"
+    for name, entry in (record.get("files") or {}).items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != entry.get("size"):
+            return f"{name} has {file.stat().st_size} bytes, {entry.get('size')} when built"
+        if "sha256" in entry and hashlib.sha256(file.read_bytes()).hexdigest() != entry["sha256"]:
+            return f"{name} changed since it was built"
+    return None
 
 
 @contextmanager
