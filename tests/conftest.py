@@ -102,3 +102,14 @@ def recipe_for(model_name: str) -> str | None:
     mine = [n for n in recipe_names() if (load_recipe(n).get("model") or {}).get("name") == model_name]
     preferred = [n for n in mine if n.endswith("_ml100k")]
     return (preferred or mine or [None])[0]
+
+
+@pytest.fixture
+def one_thread():
+    """Training-based tests run single-threaded: the same float reductions, so the same result on any machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

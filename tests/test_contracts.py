@@ -49,14 +49,6 @@ def first_batch(datamodule, split: str = "train") -> dict:
     return next(iter(loader))
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("model_name", RECOMMENDERS)
 def test_a_training_step_reaches_every_trainable_parameter_and_no_frozen_one(model_name, tmp_path):
     model, datamodule = built(model_name, tmp_path)

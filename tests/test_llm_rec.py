@@ -119,15 +119,6 @@ def cycle_corpus(num_items: int = 8, users: int = 64, length: int = 6) -> Corpus
     return corpus
 
 
-@pytest.fixture
-def one_thread():
-    """Training-based tests run single-threaded: the same float reductions, so the same result on any machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def llm_cfg(loss: str = "lml", **extra):
     overrides = [
         "data.name=ml100k",

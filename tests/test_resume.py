@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO
+from test_cli import only_run_dir, run_cli
 
 from zoo.run import main
 
@@ -53,23 +54,8 @@ def tiny(seqfile: Path, run_root: Path, epochs: int = EPOCHS) -> list[str]:
     ]
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def cli(args, capsys):
-    code = main(args)
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def only_run_dir(root: Path) -> Path:
-    (run_dir,) = [p for p in root.glob("*/*") if p.is_dir()]
-    return run_dir
+    return run_cli(args, capsys)
 
 
 def metrics_of(run_dir: Path) -> dict:
