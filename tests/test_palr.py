@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_llm_rec import cycle_corpus, one_thread  # noqa: F401  (fixture)
+from test_llm_rec import cycle_corpus
 
 from zoo.build import build
 from zoo.config import compose
