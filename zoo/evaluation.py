@@ -34,7 +34,7 @@ from torch import nn
 from zoo.errors import ConfigError
 from zoo.metrics import MISS, CTRMetrics, GenerationMetrics, RankingMetrics, ranks_from_lists, sampled_ranks
 from zoo.metrics.chunked import chunked_target_ranks
-from zoo.metrics.ranking import target_ranks
+from zoo.metrics.ranking import distinct_seen, target_ranks
 
 CANDIDATE_MODES = ("full", "sampled", "retriever")
 
@@ -72,14 +72,6 @@ class Protocol:
         what = {"full": "full ranking", "sampled": f"1 target + {self.num_candidates - 1} sampled negatives"}
         text = what.get(self.candidates, f"retriever lists ({self.candidates_path or 'the model retriever'})")
         return text + (", seen items masked" if self.mask_seen else "")
-
-
-def distinct_count(ids: torch.Tensor) -> torch.Tensor:
-    """Number of distinct non-zero ids per row ([B, L] -> [B])."""
-    ordered = ids.sort(dim=1).values
-    first = torch.ones_like(ordered, dtype=torch.bool)
-    first[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    return (first & (ordered != 0)).sum(dim=1)
 
 
 def unique_ids(ids: torch.Tensor) -> torch.Tensor:
@@ -128,7 +120,8 @@ class RankingEvaluator(nn.Module):
             if bool(outside.any()):
                 raise RuntimeError(f"{type(model).__name__}.rank returned items outside the candidate lists")
         else:
-            extra = int(distinct_count(seen).max()) if seen is not None and len(seen) else 0
+            # the seen items other than the target are dropped from the list: decode that many more
+            extra = int(distinct_seen(seen.long(), targets).sum(dim=1).max()) if seen is not None and len(seen) else 0
             ranked = model.rank(batch, k + extra)
             if seen is not None:
                 ranked = drop_items(ranked, seen, keep=targets)[:, :k]
