@@ -171,15 +171,17 @@ def integers(settings: dict[str, Any], key: str, minimum: int | None = None) -> 
 def cli(body: Callable[[list[str]], object], doc: str, argv: list[str] | None = None) -> int:
     """Run a benchmark's ``body(argv)`` (argv: its ``key=value`` arguments) and return the exit status:
     ``-h`` / ``--help`` / ``help`` prints ``doc``; a ``ZooError`` (a bad argument: ConfigError, exit 2; missing
-    data: DataError, exit 1) is one line on stderr."""
+    data: DataError, exit 1) is one line on stderr. ``log_level=LEVEL`` / ``-q`` set up the zoo's logs
+    (``zoo.logs``; INFO by default) and are not passed to ``body``."""
     from zoo.errors import ZooError
+    from zoo.logs import setup_from_args
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in ("-h", "--help", "help"):
         print(doc.strip())
         return 0
     try:
-        body(argv)
+        body(setup_from_args(argv))
     except ZooError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code

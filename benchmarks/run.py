@@ -246,6 +246,8 @@ def _cell_command(args: GridArgs, method: str, dataset: str) -> list[str]:
     command += [f"results_dir={args.results_dir.resolve()}", f"run_root={args.run_root.resolve()}"]
     if args.logger:
         command.append(f"logger={args.logger}")
+    if logging.getLogger("zoo").getEffectiveLevel() > logging.INFO:  # -q / log_level= of the grid: its cells too
+        command.append(f"log_level={logging.getLevelName(logging.getLogger('zoo').getEffectiveLevel())}")
     return command
 
 
@@ -290,19 +292,29 @@ def plan(args: GridArgs) -> list[tuple[str, str, str]]:
 
 def run_grid(args: GridArgs) -> int:
     """Run every unfinished cell, one subprocess at a time; returns 1 if any cell failed, else 0."""
+    from zoo.progress import duration
+
     grid = plan(args)
     failed = []
+    todo = sum(state in ("todo", "stale") for _, _, state in grid) if not args.dry_run else 0
+    done, grid_started = 0, time.time()
     for method, dataset, state in grid:
         label = f"{method} on {dataset} ({args.budget})"
         if state not in ("todo", "stale") or args.dry_run:
             print(f"[{state}] {label}", flush=True)
             continue
-        print(f"[run] {label}", flush=True)
+        print(f"[run {done + 1}/{todo}] {label}", flush=True)
         started = time.time()
         env = {k: v for k, v in os.environ.items() if k != RUN_DIR_ENV}  # each cell writes its own run dir
         code = subprocess.run(_cell_command(args, method, dataset), cwd=REPO_ROOT, env=env).returncode
+        done += 1
         verdict = "ok" if code == 0 else f"FAILED (exit {code})"
-        print(f"[{verdict}] {label} in {time.time() - started:.0f} s", flush=True)
+        elapsed = time.time() - grid_started
+        eta = f", grid ETA {duration(elapsed / done * (todo - done))}" if done < todo else ""
+        print(
+            f"[{verdict}] {label} in {time.time() - started:.0f} s ({done}/{todo} cells, {duration(elapsed)}{eta})",
+            flush=True,
+        )
         if code != 0:
             failed.append(label)
     if failed:
@@ -352,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip())
         return 0
     try:
-        args, cell = parse_args(argv)
+        from zoo.logs import setup_from_args
+
+        args, cell = parse_args(setup_from_args(argv))
         if cell is not None:
             logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
             print(f"result: {run_cell(args, *cell)}")

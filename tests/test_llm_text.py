@@ -4,7 +4,12 @@ environment variable, retries, errors), the resumable JSONL cache, the HF backen
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -26,21 +31,43 @@ from zoo.modules.llm import LLMConfig
 
 
 class ChatServer:
-    """A minimal /v1/chat/completions: answers "echo: <user message>"; can fail the first N requests."""
+    """A minimal /v1/chat/completions: answers "echo: <user message>"; can fail the first N requests.
+    ``delay`` (prompt -> seconds) holds an answer back, ``fail_on`` answers that prompt with HTTP 400;
+    ``max_in_flight`` is the most requests it was serving at once."""
 
-    def __init__(self, fail_first: int = 0, status: int = 500, body: bytes | None = None) -> None:
+    def __init__(
+        self, fail_first: int = 0, status: int = 500, body: bytes | None = None, delay=None, fail_on: str = ""
+    ) -> None:
         self.requests: list[dict] = []
         self.auth: list[str | None] = []
         self.fail_left = fail_first
+        self.in_flight = self.max_in_flight = 0
+        lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server API)
                 payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append(payload)
-                server.auth.append(self.headers.get("Authorization"))
+                with lock:
+                    server.requests.append(payload)
+                    server.auth.append(self.headers.get("Authorization"))
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self.answer(payload)
+                finally:
+                    with lock:
+                        server.in_flight -= 1
+
+            def answer(self, payload: dict) -> None:
+                if delay is not None:
+                    time.sleep(delay(payload["messages"][-1]["content"]))
                 if self.path != "/v1/chat/completions":
                     self.send_response(404)
+                    self.end_headers()
+                    return
+                if payload["messages"][-1]["content"] == fail_on:  # a client error: not retried
+                    self.send_response(400)
                     self.end_headers()
                     return
                 if server.fail_left > 0:
@@ -49,9 +76,9 @@ class ChatServer:
                     self.end_headers()
                     return
                 content = "echo: " + payload["messages"][-1]["content"]
-                answer = (
-                    body or json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode()
-                )
+                usage = {"completion_tokens": len(content.split())}
+                message = {"choices": [{"message": {"role": "assistant", "content": content}}], "usage": usage}
+                answer = body or json.dumps(message).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(answer)))
@@ -173,8 +200,78 @@ def test_cli_writes_profiles_through_the_http_backend(tmp_path, capsys) -> None:
     args = ["profiles", "recipe=msl_books_lml", f"data.path={data}", f"out={out}", "backend=http", "noun=books"]
     with ChatServer() as server:
         assert main([*args, f"base_url={server.url}", "model=m"]) == 0
-    records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["key"] for r in records] == ["7", "8"]
+    records = sorted((json.loads(line) for line in out.read_text().splitlines()), key=lambda r: r["key"])
+    assert [r["key"] for r in records] == ["7", "8"]  # in the order they arrived (concurrency=8 by default)
     assert records[0]["text"] == "echo: " + PROFILE_PROMPT.format(noun="books", titles='"Dune", "Emma"')
     assert main([*args[:4], "backend=grpc", "model=m"]) == 2
     assert "unknown backend" in capsys.readouterr().err
+
+
+def test_concurrent_requests_overlap_and_results_keep_the_input_order(tmp_path) -> None:
+    prompts = [f"p{i}" for i in range(8)]
+    delay = lambda prompt: 0.3 - 0.03 * int(prompt[1:])  # noqa: E731  later prompts answer first
+    with ChatServer(delay=delay) as server:
+        gen = HTTPChatGenerator(server.url, "m", concurrency=4)
+        assert gen.generate(prompts) == [f"echo: {p}" for p in prompts]
+        assert server.max_in_flight == 4  # four at once, never more
+        assert gen.generated_tokens == 2 * len(prompts)  # usage.completion_tokens of each answer
+        path = tmp_path / "texts.jsonl"
+        keys = [f"k{i}" for i in range(8)]
+        texts = generate_cached(keys, prompts, HTTPChatGenerator(server.url, "m", concurrency=3), path, progress=True)
+        assert list(texts) == keys and list(texts.values()) == [f"echo: {p}" for p in prompts]
+        assert server.max_in_flight == 4
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert sorted(r["key"] for r in lines) == keys  # one whole record per text, in the order they arrived
+    with ChatServer() as server:
+        assert HTTPChatGenerator(server.url, "m", concurrency=1).generate(prompts) == [f"echo: {p}" for p in prompts]
+        assert server.max_in_flight == 1
+    with pytest.raises(ConfigError, match="concurrency"):
+        HTTPChatGenerator("http://127.0.0.1:9/v1", "m", concurrency=0)
+
+
+def test_a_failed_request_keeps_the_texts_that_arrived_and_sends_no_more(tmp_path) -> None:
+    path = tmp_path / "texts.jsonl"
+    prompts = ["ok0", "ok1", "bad", *[f"later{i}" for i in range(30)]]
+    keys = [str(i) for i in range(len(prompts))]
+    with ChatServer(delay=lambda p: 0.3 if p == "bad" else 0.02, fail_on="bad") as server:
+        with pytest.raises(TextGenerationError, match="HTTP 400"):
+            generate_cached(keys, prompts, HTTPChatGenerator(server.url, "m", concurrency=2), path)
+        sent = len(server.requests)
+    assert sent < len(prompts)  # the requests not yet sent were cancelled
+    cached = TextCache(path).records
+    assert "2" not in cached and {"0", "1"} <= set(cached) and len(cached) == sent - 1
+    with ChatServer() as server:
+        texts = generate_cached(keys, prompts, HTTPChatGenerator(server.url, "m", concurrency=2), path)
+        assert len(server.requests) == len(prompts) - len(cached)
+    assert texts == {k: f"echo: {p}" for k, p in zip(keys, prompts)}
+
+
+CHILD = """
+import sys
+from zoo.llm_text import HTTPChatGenerator, generate_cached
+url, path, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+keys, prompts = [str(i) for i in range(n)], [f"q{i}" for i in range(n)]
+generate_cached(keys, prompts, HTTPChatGenerator(url, "m", concurrency=4), path)
+"""
+
+
+def test_a_killed_concurrent_run_resumes_from_the_cache(tmp_path) -> None:
+    path, n = tmp_path / "texts.jsonl", 40
+    with ChatServer(delay=lambda p: 0.05) as server:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+        child = subprocess.Popen([sys.executable, "-c", CHILD, server.url, str(path), str(n)], env=env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and child.poll() is None:
+            if path.is_file() and len(path.read_text().splitlines()) >= 8:
+                break
+            time.sleep(0.01)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        kept = TextCache(path)
+        assert 8 <= len(kept.records) < n, "the child finished before it was killed"
+        asked = len(server.requests)
+        texts = generate_cached(
+            [str(i) for i in range(n)], [f"q{i}" for i in range(n)], HTTPChatGenerator(server.url, "m"), path
+        )
+        assert texts == {str(i): f"echo: q{i}" for i in range(n)}
+        assert len(server.requests) - asked == n - len(kept.records)  # only the texts not cached were asked again

@@ -6,39 +6,48 @@ Two backends, chosen by the caller:
   the tokenizer's chat template when it has one;
 * ``HTTPChatGenerator``: any OpenAI-compatible server (``POST <base_url>/chat/completions``: vLLM, llama.cpp,
   Ollama, OpenAI...). The base URL, model name and the *name* of the environment variable holding the API key
-  are configuration; nothing is hard-wired and the key itself is never stored.
+  are configuration; nothing is hard-wired and the key itself is never stored. ``concurrency`` requests are in
+  flight at once (a thread pool: a server batches concurrent requests, so one at a time leaves it idle).
 
 ``TextCache`` is a JSONL file with one record per key (``{"key", "text", "prompt_sha1"}``), appended and flushed
-one record at a time, so an interrupted run resumes where it stopped: keys already there with the same prompt are
-not asked again; a record whose prompt changed is regenerated (the last record of a key wins); a final line cut
-off by a crash is dropped on the next load.
+one record at a time (under a lock, so concurrent requests never interleave their lines), as each text arrives, so
+an interrupted run resumes where it stopped: keys already there with the same prompt are not asked again; a record
+whose prompt changed is regenerated (the last record of a key wins); a final line cut off by a crash is dropped on
+the next load.
 
 Command line (user profiles for PALR, from each user's training history only)::
 
     python -m zoo.llm_text profiles recipe=palr_ml100k out=profiles.jsonl backend=http \\
-        base_url=http://localhost:8000/v1 model=meta-llama/Llama-3.1-8B-Instruct api_key_env=OPENAI_API_KEY
+        base_url=http://localhost:8000/v1 model=meta-llama/Llama-3.1-8B-Instruct api_key_env=OPENAI_API_KEY \\
+        concurrency=8
 
-(``backend=hf model=<name, folder or .gguf>`` runs a local model instead, batched (``batch_size=``, default 8)
-with a KV cache and a progress bar showing tokens/s, e.g. ``backend=hf model=smollm2-135m`` offline; dotted
-``key=value`` arguments override the recipe, e.g. ``data.name=ml1m``.)
+(``concurrency=`` requests in flight, default 8; ``backend=hf model=<name, folder or .gguf>`` runs a local
+model instead, batched (``batch_size=``, default 8) with a KV cache, e.g. ``backend=hf model=smollm2-135m``
+offline. Both show progress with texts/s, ETA and tokens/s (``zoo.progress``; ``log_level=WARNING`` or ``-q``
+hides it); dotted ``key=value`` arguments override the recipe, e.g. ``data.name=ml1m``.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from zoo.errors import ConfigError, DataError, ZooError
 from zoo.io import write_text_atomic
+
+log = logging.getLogger(__name__)
 
 
 class TextGenerationError(ZooError):
@@ -63,6 +72,13 @@ class HTTPChatGenerator:
     timeout_s: float = 120.0
     retries: int = 3  # on connection errors, 429 and 5xx, with exponential back-off
     backoff_s: float = 1.0
+    concurrency: int = 1  # requests in flight at once
+    generated_tokens: int = 0  # completion tokens the server reported (``usage.completion_tokens``), for tokens/s
+
+    def __post_init__(self) -> None:
+        if int(self.concurrency) < 1:
+            raise ConfigError(f"concurrency must be >= 1, got {self.concurrency}")
+        self._lock = threading.Lock()
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json"}
@@ -86,7 +102,12 @@ class HTTPChatGenerator:
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                     answer = json.loads(response.read().decode("utf-8"))
-                return str(answer["choices"][0]["message"]["content"])
+                text = str(answer["choices"][0]["message"]["content"])
+                tokens = (answer.get("usage") or {}).get("completion_tokens")
+                if isinstance(tokens, int):
+                    with self._lock:
+                        self.generated_tokens += tokens
+                return text
             except urllib.error.HTTPError as err:
                 retry = err.code == 429 or err.code >= 500
                 problem = f"HTTP {err.code} from {url}"
@@ -100,7 +121,39 @@ class HTTPChatGenerator:
         raise AssertionError("unreachable")
 
     def generate(self, prompts: Sequence[str]) -> list[str]:
-        return [self._complete(p) for p in prompts]
+        """One completion per prompt, in the order of ``prompts``, ``concurrency`` requests at a time."""
+        texts: list[str | None] = [None] * len(prompts)
+        for index, text in self.stream(prompts):
+            texts[index] = text
+        return texts  # type: ignore[return-value]
+
+    def stream(self, prompts: Sequence[str]) -> Iterator[tuple[int, str]]:
+        """``(index, text)`` as each answer arrives, with up to ``concurrency`` requests in flight. The first
+        failure cancels the requests not yet sent; the answers of those in flight still arrive, then it is raised."""
+        if self.concurrency == 1 or len(prompts) <= 1:
+            for index, prompt in enumerate(prompts):
+                yield index, self._complete(prompt)
+            return
+        pool = ThreadPoolExecutor(max_workers=min(int(self.concurrency), len(prompts)), thread_name_prefix="llm")
+        failure: BaseException | None = None
+        try:
+            pending = {pool.submit(self._complete, prompt): index for index, prompt in enumerate(prompts)}
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    index = pending.pop(future)
+                    if future.cancelled():
+                        continue
+                    if future.exception() is not None:
+                        failure = failure or future.exception()
+                        for other in pending:
+                            other.cancel()  # not sent yet: never sent
+                        continue
+                    yield index, future.result()
+        finally:  # an interrupt (or the caller stopping): send nothing more
+            pool.shutdown(wait=True, cancel_futures=True)
+        if failure is not None:
+            raise failure
 
 
 class HFTextGenerator:
@@ -111,6 +164,7 @@ class HFTextGenerator:
 
     def __init__(self, llm_cfg, max_new_tokens: int = 128) -> None:
         from zoo.modules.llm import CausalLMBackbone
+        # batched by ``generate_cached(batch_size=...)``: one left-padded batch per ``generate`` call
 
         self.backbone = CausalLMBackbone(llm_cfg).eval()
         self.max_new_tokens = max_new_tokens
@@ -156,11 +210,12 @@ def prompt_sha1(prompt: str) -> str:
 
 
 class TextCache:
-    """key -> generated text, persisted as JSONL appended one flushed record at a time."""
+    """key -> generated text, persisted as JSONL appended one flushed record at a time (thread-safe)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.records: dict[str, dict] = {}
+        self._lock = threading.Lock()
         if self.path.is_file():
             self._load()
 
@@ -192,12 +247,14 @@ class TextCache:
 
     def append(self, key: str, text: str, prompt: str | None = None) -> None:
         record = {"key": key, "text": text, "prompt_sha1": prompt_sha1(prompt) if prompt is not None else None}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.records[key] = {"text": text, "sha1": record["prompt_sha1"]}
+        line = json.dumps(record, ensure_ascii=False) + "\n"
+        with self._lock:  # one whole line per record, whichever thread writes it
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(line)
+                f.flush()
+                os.fsync(f.fileno())
+            self.records[key] = {"text": text, "sha1": record["prompt_sha1"]}
 
 
 def generate_cached(
@@ -208,32 +265,48 @@ def generate_cached(
     batch_size: int = 8,
     progress: bool = False,
 ) -> dict[str, str]:
-    """Text for every key: from the cache when present (same prompt), else generated in batches and appended.
-    ``progress`` shows a bar with the texts done and, for local models, the generated tokens per second."""
+    """Text for every key, in the order of ``keys``: from the cache when present (same prompt), else generated
+    and appended as it arrives: a generator with ``stream`` (the HTTP backend, ``concurrency`` requests in flight)
+    text by text, others (the local model) in batches of ``batch_size``. ``progress`` logs the texts done, their
+    rate and ETA and, when the backend counts them, the generated tokens per second (``zoo.progress``)."""
     if len(keys) != len(prompts):
         raise ValueError(f"{len(keys)} keys for {len(prompts)} prompts")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    from zoo.progress import Progress
+
     cache = TextCache(cache_path)
     todo = [(k, p) for k, p in zip(keys, prompts) if cache.get(k, p) is None]
-    bar = None
-    if progress and todo:
-        from tqdm import tqdm
+    if len(todo) < len(keys):
+        log.info("generated text: %d of %d reused from %s", len(keys) - len(todo), len(keys), cache.path)
+    bar = Progress(len(todo), "generating", "text", log) if progress and todo else None
+    started, tokens_before = time.monotonic(), getattr(generator, "generated_tokens", 0)
 
-        bar = tqdm(total=len(todo), desc="generating", unit="text", initial=0)
-    started, tokens_before = time.time(), getattr(generator, "generated_tokens", 0)
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start : start + batch_size]
-        texts = generator.generate([p for _, p in chunk])
-        if len(texts) != len(chunk):
-            raise TextGenerationError(f"the generator returned {len(texts)} texts for {len(chunk)} prompts")
-        for (key, prompt), text in zip(chunk, texts):
-            cache.append(key, text, prompt)
+    def done(count: int) -> None:
+        if bar is None:
+            return
+        tokens = getattr(generator, "generated_tokens", 0) - tokens_before
+        rate = {"tokens_per_s": round(tokens / max(time.monotonic() - started, 1e-9), 1)} if tokens else {}
+        bar.update(count, **rate)
+
+    try:
+        if hasattr(generator, "stream"):
+            for index, text in generator.stream([p for _, p in todo]):
+                key, prompt = todo[index]
+                cache.append(key, text, prompt)
+                done(1)
+        else:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                texts = generator.generate([p for _, p in chunk])
+                if len(texts) != len(chunk):
+                    raise TextGenerationError(f"the generator returned {len(texts)} texts for {len(chunk)} prompts")
+                for (key, prompt), text in zip(chunk, texts):
+                    cache.append(key, text, prompt)
+                done(len(chunk))
+    finally:
         if bar is not None:
-            bar.update(len(chunk))
-            tokens = getattr(generator, "generated_tokens", 0) - tokens_before
-            if tokens:
-                bar.set_postfix(tokens_per_s=f"{tokens / max(time.time() - started, 1e-9):.1f}")
-    if bar is not None:
-        bar.close()
+            bar.close()
     return {k: cache.get(k) for k in keys}
 
 
@@ -276,6 +349,16 @@ def _parse(argv: list[str]) -> dict[str, str]:
     return options
 
 
+def _int(options: dict[str, str], key: str, default: int) -> int:
+    try:
+        value = int(options.get(key, default))
+    except ValueError:
+        raise ConfigError(f"{key}={options[key]}: expected a positive integer") from None
+    if value < 1:
+        raise ConfigError(f"{key}={value}: expected a positive integer")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m zoo.llm_text profiles recipe=NAME out=FILE backend=http|hf ...`` (see the module docstring)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -283,7 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     try:
-        options = _parse(argv[1:])
+        from zoo.logs import setup_from_args
+
+        options = _parse(setup_from_args(argv[1:]))
         overrides = [f"{k}={v}" for k, v in options.items() if "." in k]  # dotted keys override the recipe
         options = {k: v for k, v in options.items() if "." not in k}
         known = {
@@ -297,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             "max_history",
             "noun",
             "batch_size",
+            "concurrency",
         }
         unknown = sorted(set(options) - known)
         if unknown:
@@ -309,14 +395,18 @@ def main(argv: list[str] | None = None) -> int:
 
         cfg = compose(options["recipe"], overrides)
         keys, prompts = profile_prompts(
-            load_corpus(cfg.data), int(options.get("max_history", 20)), options.get("noun", "items")
+            load_corpus(cfg.data), _int(options, "max_history", 20), options.get("noun", "items")
         )
-        max_tokens = int(options.get("max_tokens", 128))
+        max_tokens = _int(options, "max_tokens", 128)
         if options["backend"] == "http":
             if "base_url" not in options:
                 raise ConfigError("backend=http needs base_url=... (e.g. http://localhost:8000/v1)")
             generator = HTTPChatGenerator(
-                options["base_url"], options["model"], options.get("api_key_env"), max_tokens=max_tokens
+                options["base_url"],
+                options["model"],
+                options.get("api_key_env"),
+                max_tokens=max_tokens,
+                concurrency=_int(options, "concurrency", 8),
             )
         elif options["backend"] == "hf":
             from omegaconf import OmegaConf
@@ -326,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             generator = HFTextGenerator(OmegaConf.structured(LLMConfig(backbone=options["model"])), max_tokens)
         else:
             raise ConfigError(f"unknown backend '{options['backend']}' (http | hf)")
-        batch_size = int(options.get("batch_size", 8))
+        batch_size = _int(options, "batch_size", 8)
         texts = generate_cached(keys, prompts, generator, options["out"], batch_size=batch_size, progress=True)
         print(f"{len(texts)} profiles in {options['out']}")
     except ZooError as err:

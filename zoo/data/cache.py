@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -212,15 +213,30 @@ def cached(cfg, source_name: str, source, build: Callable[[], Corpus]) -> Corpus
     key = cache_key(cfg, source_name, files(cfg))
     path = cache_path(cfg, source_name, [], key=key)
     if path.is_file():
+        started = time.monotonic()
         try:
-            return load_cached_corpus(path, key=key)
+            corpus = load_cached_corpus(path, key=key)
+            log.info("%s: corpus read from the cache %s in %.2f s", source_name, path, time.monotonic() - started)
+            return corpus
         except DataError as err:
             log.warning("ignoring the corpus cache (rebuilding it): %s", err)
+    started = time.monotonic()
     corpus = build()
+    built = time.monotonic() - started
     key = cache_key(cfg, source_name, files(cfg))  # inputs may have been downloaded just now
     path = cache_path(cfg, source_name, [], key=key)
     try:
         save_corpus(corpus, path, key=key)
     except OSError as err:
         log.warning("could not write the corpus cache %s (%s); continuing without it", path, err)
+    else:
+        log.info(
+            "%s: corpus built in %.1f s (%d users, %d items, %d interactions), cached at %s",
+            source_name,
+            built,
+            corpus.num_users,
+            corpus.num_items,
+            len(corpus.items),
+            path,
+        )
     return corpus

@@ -6,12 +6,15 @@ Format: one ``.npz`` with, per split ("train", "val", "test"), an int64 array ``
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from zoo.errors import DataError
 from zoo.io import atomic_path
+
+log = logging.getLogger(__name__)
 
 
 def save_candidates(path: str | Path, lists: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
@@ -23,6 +26,8 @@ def save_candidates(path: str | Path, lists: dict[str, tuple[np.ndarray, np.ndar
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
+    shown = ", ".join(f"{split} {len(users)}" for split, (users, _) in lists.items())
+    log.info("candidates: %s rows written to %s", shown, path)
 
 
 def load_candidates(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -8,6 +8,7 @@ data root, downloading missing upstream files), ``data.min_seq_len`` drops short
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 
@@ -36,7 +37,12 @@ def load_corpus(cfg) -> Corpus:
         corpus = source(cfg)
         return filter_short_users(corpus, cfg.min_seq_len) if cfg.min_seq_len else corpus
 
-    corpus = cached(cfg, cfg.name, source, build) if cfg.cache else build()
+    if cfg.cache:
+        corpus = cached(cfg, cfg.name, source, build)
+    else:
+        started = time.monotonic()
+        corpus = build()
+        log.info("%s: corpus built in %.1f s (data.cache=false: not cached)", cfg.name, time.monotonic() - started)
     return warn_short_users(corpus)
 
 

@@ -117,6 +117,20 @@ class RQVAEModule(L.LightningModule):
         self.log("rqvae/train_recon", out.recon_loss, batch_size=n)
         return out.loss
 
+    def on_train_start(self) -> None:
+        from zoo.progress import Progress
+
+        # a log line (never a second bar beside Lightning's) every ~10 s: epochs done, rate, ETA, latest loss
+        self._progress = Progress(self.trainer.max_epochs, "RQ-VAE", "epoch", log, tty=False)
+        self._progress.done = self.current_epoch  # a resumed fit counts from its epoch
+
+    def on_train_epoch_end(self) -> None:
+        loss = self.trainer.callback_metrics.get("rqvae/train_loss")
+        self._progress.update(1, **({"loss": round(float(loss), 5)} if loss is not None else {}))
+
+    def on_train_end(self) -> None:
+        self._progress.close()
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         every = self.rq_cfg.restart_every
         if every and self.global_step % every == 0 and self._last_residuals is not None:

@@ -14,6 +14,7 @@ their :class:`zoo.losses.ItemScorer`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,10 @@ from zoo.errors import ConfigError
 from zoo.metrics.chunked import top_k_items
 from zoo.models.base import ModelConfig, RecModel
 from zoo.modules.sequence_encoder import SequenceEncoder
+from zoo.progress import Progress
 from zoo.registry import MODELS
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -168,12 +172,15 @@ def export_candidates(model: RecModel, datamodule: SequentialDataModule, k: int,
         examples = candidate_examples(datamodule, split)
         rows = ExampleDataset(examples, datamodule.max_len, sequence_targets=False, transform=datamodule.spec.transform)
         tops = []
+        progress = Progress(len(examples), f"candidates {split}", "users", log=log)
         for start in range(0, len(examples), batch_size):
             batch = rows[list(range(start, min(start + batch_size, len(examples))))]
             batch = {key: value.to(model.device) if torch.is_tensor(value) else value for key, value in batch.items()}
             state = model.user_state(batch)
             scores = lambda s, e, state=state: model.score_state(state, s, e)  # noqa: E731
             tops.append(top_k_items(scores, model.num_items, k, chunk_size).cpu())
+            progress.update(len(tops[-1]))
+        progress.close()
         items = torch.cat(tops).numpy() if tops else np.zeros((0, k), dtype=np.int64)
         lists[split] = (examples.user, items)
     model.train(was_training)

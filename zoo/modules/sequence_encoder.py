@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from zoo.errors import ConfigError
@@ -47,12 +48,12 @@ class SelfAttentionBlock(nn.Module):
         self.act = act
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        b, length, d = x.shape
-        q, k, v = self.qkv(x).view(b, length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        # split: [B, L, 3*d] -> q, k, v of [B, heads, L, d/heads]; merge the heads back to [B, L, d] after
+        q, k, v = rearrange(self.qkv(x), "b l (three h e) -> three b h l e", three=3, h=self.heads)
         attended = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
         )
-        attended = attended.transpose(1, 2).reshape(b, length, d)
+        attended = rearrange(attended, "b h l e -> b l (h e)")
         x = self.norm1(x + self.dropout(self.out(attended)))
         return self.norm2(x + self.dropout(self.ff_out(self.act(self.ff_in(x)))))
 

@@ -76,6 +76,15 @@ def encode_items(
     (``zoo.stages``)."""
     sentences, used = item_sentences(corpus, fields)
     log.info("item embeddings: encoding %d items (%s) with %s", len(sentences), ", ".join(used), encoder)
+    from zoo.progress import Progress
+
     model = load_sentence_encoder(encoder, device)
-    embeddings = model.encode(sentences, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False)
-    return np.ascontiguousarray(embeddings, dtype=np.float32)
+    chunks = []
+    with Progress(len(sentences), "item embeddings", "items", log) as progress:  # a bar, or a line every ~10 s
+        for start in range(0, len(sentences), batch_size):
+            batch = sentences[start : start + batch_size]
+            chunks.append(model.encode(batch, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False))
+            progress.update(len(batch))
+    if not chunks:
+        return np.zeros((0, model.get_sentence_embedding_dimension() or 0), dtype=np.float32)
+    return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
