@@ -113,3 +113,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+LOG_LINE = r"^\d\d:\d\d:\d\d (DEBUG|INFO) zoo[\w.]*: "
+
+
+def without_log_lines(text: str) -> str:
+    """``text`` (a captured stderr) without the zoo's own INFO/DEBUG log lines (``zoo.logs``): what is left is
+    what a command reports as a result or an error."""
+    import re
+
+    return "".join(line for line in text.splitlines(keepends=True) if not re.match(LOG_LINE, line))

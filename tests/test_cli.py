@@ -133,3 +133,47 @@ def test_tensorboard_logger_writes_events(run_root, capsys):
     code, _, err = run_cli(["recipe=pop_ml100k", f"run_root={run_root}", "logger.name=tensorboard"], capsys)
     assert code == 0, err
     assert list(only_run_dir(run_root).glob("logs/tensorboard/events.out.tfevents.*"))
+
+
+def test_print_config_prints_the_resolved_config_and_runs_nothing(run_root, capsys):
+    code, out, err = run_cli(
+        ["recipe=sasrec_ml100k", "model.hidden_size=32", f"run_root={run_root}", "--print-config"], capsys
+    )
+    assert code == 0, err
+    printed = yaml.safe_load(out)
+    assert printed["model"]["hidden_size"] == 32 and printed["recipe"] == "sasrec_ml100k"
+    assert printed["trainer"]["monitor"] == "val/ndcg@10"  # the family's default, as config.yaml records it
+    assert printed["data"]["train_len"] == 300
+    assert not run_root.exists()
+    code, _, err = run_cli(["recipe=sasrec_ml100k", "model.hidden=32", "--print-config"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "--print-config" in run_cli(["--help"], capsys)[1]
+
+
+def test_evaluate_a_checkpoint_path_reports_its_metrics(run_root, capsys, one_thread):
+    """``resume=<run>/checkpoints/best.ckpt train=false`` tests those weights: the run's metrics, not those of
+    freshly initialised weights."""
+    args = ["recipe=sasrec_ml100k", f"run_root={run_root}", *SHRINK, "model.hidden_size=16", "logger.name=none"]
+    args.append("trainer.limit_test_batches=null")  # every test user: metrics above zero
+    assert run_cli(args, capsys)[0] == 0
+    run_dir = only_run_dir(run_root)
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    code, out, err = run_cli([f"resume={ckpt}", "train=false"], capsys)
+    assert code == 0, err
+    printed = dict(line.split() for line in out.splitlines() if line.startswith("test/"))
+    assert printed == {k: f"{v:.4f}" for k, v in saved.items() if k.startswith("test/")}
+    assert float(printed["test/ndcg@20"]) > 0
+    assert json.loads((run_dir / "metrics.json").read_text()) == saved  # evaluating writes nothing
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_evaluating_a_missing_or_corrupt_checkpoint_is_one_line(run_root, capsys, damage):
+    assert run_cli(plugin_args(run_root), capsys)[0] == 0
+    run_dir = only_run_dir(run_root)
+    for name in ("best.ckpt", "last.ckpt"):
+        path = run_dir / "checkpoints" / name
+        path.unlink() if damage == "missing" else path.write_bytes(b"\x00garbage")
+    code, _, err = run_cli(plugin_args(run_root, f"resume={run_dir}", "train=false"), capsys)
+    assert code == 1 and err.startswith("error: ") and err.count("\n") == 1
+    assert ("no checkpoint" if damage == "missing" else "truncated or corrupt") in err

@@ -148,3 +148,80 @@ def test_generative_methods_rank_only_the_candidates_or_refuse(model_name, tmp_p
     assert bool(inside.all()), f"{model_name} ranked items outside the candidate lists"
     assert bool((ranked[:, 0] > 0).all())
     assert int(ranks.min()) >= 0
+
+
+def _test_batch(rec, corpus):
+    """The first test batch of the real DataModule, as the test loop sees it."""
+    from zoo.tasks import task_of
+
+    datamodule = task_of(type(rec.model)).datamodule(rec.cfg, getattr(rec.datamodule, "protocol", None), corpus)
+    datamodule.connect(rec.model.data_spec())
+    return datamodule, next(iter(datamodule.test_dataloader()))
+
+
+@pytest.mark.parametrize("model_name", RECOMMENDERS)
+def test_load_recommends_the_test_loops_top_k(model_name, tmp_path, one_thread, monkeypatch):
+    """``zoo.load`` of the run directory alone (an empty data root) rebuilds the model, and ``recommend`` on a
+    test user's raw history returns the test loop's top-k: the lists of the model's own scores / ``rank`` on
+    the test batch, with the target inside whenever the evaluator ranked it within k."""
+    from zoo.errors import ZooError
+    from zoo.inference import FAMILIES, load
+
+    corpus = synthetic_corpus()
+    cfg = config(model_name, tmp_path / "runs", "trainer.limit_test_batches=1")
+    metrics = run(cfg, corpus=corpus)
+    (run_dir,) = (tmp_path / "runs" / cfg.recipe).iterdir()
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("ZOO_DATA_DIR", str(tmp_path / "empty"))
+    if MODELS.get(model_name).task not in FAMILIES:  # no item ranking to serve: refused in one line
+        with pytest.raises(ZooError, match="zoo.load serves") as err:
+            load(run_dir)
+        assert "\n" not in str(err.value)
+        return
+    rec = load(run_dir)
+    assert rec.info["method"] == model_name
+    assert {k: v for k, v in rec.info["metrics"].items() if k.startswith("test/")} == pytest.approx(
+        {k: v for k, v in metrics.items() if k.startswith("test/")}
+    )
+    datamodule, batch = _test_batch(rec, corpus)
+    examples = datamodule.examples("test") if rec.model.task != "ctr" else None
+    model, k = rec.model, 5
+    with torch.no_grad(), rec._testing():
+        if model.task == "ctr":
+            clicks = torch.sigmoid(model.predict(batch)).tolist()
+            for user, item, p in list(zip(batch["user"].tolist(), batch["item"].tolist(), clicks))[:4]:
+                ranked = rec.recommend([], k=rec.num_items, exclude_seen=False, user=corpus.user_ids[user])
+                assert len(ranked) == rec.num_items
+                score = {r["item"]: r["score"] for r in ranked}[corpus.item_ids[item]]
+                assert score == pytest.approx(p, abs=1e-6)
+            return
+        ranks = model.test_metrics.ranks(model, batch)  # the test loop's evaluator
+        if model.task == "generative":
+            width = max(max(cfg.eval.ks), int(cfg.eval.num_beams))
+            expected = model.rank(batch, width, candidates=batch.get("candidates"))[:, :k].tolist()
+        else:
+            scores = model.score(batch).float().clone()
+            scores[:, 0] = float("-inf")
+            top = scores.topk(k, dim=1)
+            expected, expected_scores = top.indices.tolist(), top.values.tolist()
+    rows = len(batch["target"])
+    histories = [
+        [corpus.item_ids[i] for i in corpus.items[examples.start[r] : examples.end[r]]] for r in range(rows)
+    ]
+    users = [corpus.user_ids[u] for u in examples.user[:rows]]
+    got = rec.recommend(histories, k=k, exclude_seen=False, user=users)
+    for r in range(rows):
+        items = [rec.catalog.index(x["item"]) for x in got[r]]
+        if model.task == "generative":
+            assert items == [i for i in expected[r] if i > 0], f"{model_name}: row {r}"
+        else:  # equal scores may swap places: compare the scores, and the items where scores differ
+            assert [x["score"] for x in got[r]] == pytest.approx(expected_scores[r], abs=1e-5)
+            distinct = [i for i, s in zip(expected[r], expected_scores[r]) if expected_scores[r].count(s) == 1]
+            assert set(distinct) <= set(items)
+        target, rank = int(batch["target"][r]), int(ranks[r])
+        if rank < k:
+            assert target in items[: rank + 1], f"{model_name}: row {r} target at rank {rank} not recommended"
+        assert all(x["title"] == corpus.title(i) for x, i in zip(got[r], items))
+    # exclude_seen drops exactly the history's items
+    seen_free = rec.recommend(histories[0], k=k, exclude_seen=True, user=users[0])
+    assert seen_free and not {x["item"] for x in seen_free} & set(histories[0])

@@ -17,6 +17,8 @@ Nothing travels back from the model into the DataModule after this.
 
 from __future__ import annotations
 
+import sys
+
 from omegaconf import DictConfig, open_dict
 
 from zoo.data.corpus import Corpus
@@ -74,3 +76,13 @@ def build(cfg: DictConfig, corpus: Corpus | None = None, stages: dict | None = N
     if stages is not None:
         stages.update(artifacts)
     return model, datamodule
+
+
+class _CallableModule(type(sys.modules[__name__])):
+    """``zoo.build(cfg)`` works even where ``zoo.build`` is this module (once anything imported it)."""
+
+    def __call__(self, *args, **kwargs):
+        return build(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

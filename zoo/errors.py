@@ -15,3 +15,9 @@ class ConfigError(ZooError):
 
 class DataError(ZooError):
     """Missing, malformed or inconsistent data (exit status 1)."""
+
+
+class RequestError(ZooError, ValueError):
+    """A bad request to a loaded model (empty history, unknown item ids, k out of range, a wrong type): exit 2."""
+
+    exit_code = 2

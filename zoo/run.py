@@ -2,7 +2,11 @@
 directory ``<run_root>/<recipe>/<timestamp>/`` with config.yaml, metrics.json, checkpoints and logs.
 
 ``python -m zoo.run resume=RUN_DIR [trainer.max_epochs=N ...]`` continues a run from its ``last.ckpt`` with the
-config of its ``config.yaml`` (see ``compose_resume``); ``train=false`` evaluates its ``best.ckpt``.
+config of its ``config.yaml`` (see ``compose_resume``); ``train=false`` evaluates its ``best.ckpt`` (or the
+``.ckpt`` named by ``resume=``) and prints its metrics; a missing or corrupt checkpoint exits 1 with one line.
+
+``python -m zoo.run recipe=NAME [key=value ...] --print-config`` prints the fully resolved config (the family's
+defaults applied: monitor, lengths) and runs nothing; with ``resume=RUN_DIR`` it prints the run's config.
 
 ``python -m zoo.run --help`` (or ``list``) shows the recipes, models, datasets and losses."""
 
@@ -20,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from zoo.errors import ConfigError, DataError, ZooError
 
+PRINT_CONFIG = "--print-config"
 RUN_DIR_ENV = "ZOO_RUN_DIR"  # set by the launching process so DDP workers share one run directory
 
 # keys a resume may set to other values than the run's config.yaml: where and how long to train, what to show
@@ -69,6 +74,8 @@ def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
     recipe = None
     overrides = []
     for arg in argv:
+        if arg == PRINT_CONFIG:
+            continue
         if arg.startswith("recipe="):
             recipe = arg.split("=", 1)[1]
         elif arg.startswith("-"):
@@ -78,6 +85,19 @@ def parse_args(argv: list[str]) -> tuple[str | None, list[str]]:
     if not recipe and not any(o.startswith("resume=") and o != "resume=" for o in overrides):
         raise ConfigError("missing recipe=NAME (python -m zoo.run list shows them)")
     return recipe, overrides
+
+
+def resolved_config_yaml(cfg: DictConfig) -> str:
+    """The config a run of ``cfg`` would record, as YAML: the task family's defaults applied (what ``zoo.build``
+    fills before loading data; a re-ranker's candidate lists are only known once its stages are resolved)."""
+    from zoo.build import apply_defaults
+    from zoo.registry import MODELS
+    from zoo.tasks import task_of
+
+    model_cls = MODELS.get(cfg.model.name)
+    if not getattr(model_cls, "standalone", False):
+        apply_defaults(cfg, task_of(model_cls))
+    return OmegaConf.to_yaml(cfg, resolve=True)
 
 
 def resume_run_dir(resume: str) -> Path:
@@ -342,6 +362,7 @@ def _write_config(cfg: DictConfig, run_dir: Path) -> None:
 
 def _run_recommender(cfg: DictConfig, run_dir: Path, corpus=None) -> tuple[dict[str, float], bool]:
     from zoo.build import build
+    from zoo.inference import BUNDLE, save_bundle
     from zoo.io import write_json_atomic
     from zoo.trainer import build_trainer
 
@@ -362,6 +383,9 @@ def _run_recommender(cfg: DictConfig, run_dir: Path, corpus=None) -> tuple[dict[
         _write_config(cfg, run_dir)  # after build: the applied monitor, lengths and candidate lists
         if artifacts:
             write_json_atomic(run_dir / "stages.json", {n: a.summary() for n, a in artifacts.items()})
+    if trainer.is_global_zero and (not cfg.resume or (cfg.train and not (run_dir / BUNDLE).is_dir())):
+        # what zoo.load needs besides the weights: item table, user ids, item counts, the stage artifacts
+        save_bundle(run_dir, type(model), cfg, datamodule, artifacts)
     if training:
         _fit(trainer, model, datamodule, resume_ckpt, run_dir)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -424,13 +448,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         from zoo.config import compose
+        from zoo.logs import setup_from_args
 
-        recipe, overrides = parse_args(argv)
+        recipe, overrides = parse_args(setup_from_args(argv))  # log_level=LEVEL, -q / --quiet: zoo.logs
         resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
         if resume and resume[-1] not in ("", "null"):
             cfg = compose_resume(resume[-1], recipe, overrides)
         else:
             cfg = compose(recipe, overrides)
+        if PRINT_CONFIG in argv:
+            print(resolved_config_yaml(cfg), end="")
+            return 0
         run(cfg)
     except KeyboardInterrupt:  # before a run directory exists
         signum = _signal_seen[-1] if _signal_seen else int(signal.SIGINT)

@@ -344,8 +344,13 @@ class RetrieverStage(Stage):
         sub = self.retriever_config(cfg)
         sub.run_dir = str(out / "run")
         sub.trainer.enable_progress_bar = bool(cfg.trainer.enable_progress_bar)
+        from zoo.progress import duration
+
+        started = time.monotonic()
         metrics = run(sub, corpus=corpus)
         os.replace(out / "run" / "candidates.npz", out / "candidates.npz")
+        k, took = int(sub.model.export_candidates_k), duration(time.monotonic() - started)
+        log.info("stage retriever: %s trained and its top-%d lists exported in %s", sub.recipe, k, took)
         return {f"retriever/{k}": v for k, v in metrics.items() if k.startswith("test/")}
 
 

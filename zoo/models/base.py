@@ -80,6 +80,19 @@ class RecModel(L.LightningModule):
         self.test_results: dict[str, float] = {}
         self.save_hyperparameters({"config": OmegaConf.to_container(cfg, resolve=True)})
 
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, map_location=None, hparams_file=None, strict=None, **kwargs):
+        """Lightning's classmethod, made to work: the constructor takes a DataModule, which a checkpoint does not
+        hold, so the model is rebuilt through ``zoo.load`` from the config in the checkpoint's hyper-parameters
+        (``{"config": ...}``) and the inference files of its run directory (``zoo.inference``), in eval mode."""
+        from zoo.inference import load
+
+        device = str(map_location) if isinstance(map_location, (str, torch.device)) else None
+        model = load(checkpoint_path, device=device).model
+        if not isinstance(model, cls):
+            raise ConfigError(f"{checkpoint_path} holds a {type(model).__name__}, not a {cls.__name__}")
+        return model
+
     # -- what a method supplies ---------------------------------------------------------------------------
     @classmethod
     def stages_for(cls, cfg: DictConfig) -> tuple[str, ...]:
