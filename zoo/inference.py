@@ -425,44 +425,13 @@ def _histories(history, ctr: bool) -> tuple[list[list], bool]:
 
 
 def scored_rank(model, batch: dict, k: int, candidates=None):
-    """(items [B, k], scores [B, k]) of a generative model: the beam log-probabilities of TIGER and the LLM
-    recommenders (their own beam search, exactly what their ``rank`` returns), else ``rank`` with the
+    """(items [B, k], scores [B, k]) of a generative model: its ``rank_scored`` where it has one (TIGER and the LLM
+    recommenders: the beam log-probabilities of exactly the lists ``rank`` returns), else ``rank`` with the
     rank-derived score 1 / (1 + position)."""
     import torch
 
-    own = getattr(model, "rank_with_scores", None)
-    from zoo.models.llm_rec import LLMRec
-    from zoo.models.tiger import Tiger
-
-    if type(model).rank is Tiger.rank:
-        if candidates is None:
-            result = model.decode(batch, max(k, int(model.cfg.eval.num_beams)))
-            return result.items[:, :k], result.scores[:, :k]
-        from zoo.models.tiger import PAD, T5StepDecoder
-        from zoo.modules.beam_search import candidate_beam_search
-
-        step = T5StepDecoder(model.t5, batch["input_ids"], batch["attention_mask"])
-        result = candidate_beam_search(step, model.item_tokens.tolist(), candidates, model.vocab_size, k, pad_token=PAD)
-        return result.items, result.scores
-    from zoo.models.palr import PALR
-
-    if type(model).rank in (LLMRec.rank, PALR.rank):  # subclasses with their own rank (soft prompts) use theirs
-        from zoo.modules.llm import generate_items
-
-        if candidates is None and "candidates" in batch and isinstance(model, PALR):
-            candidates = batch["candidates"]
-        return generate_items(
-            model.backbone,
-            batch["prompt_ids"],
-            batch["prompt_mask"],
-            model.titles.trie,
-            num_beams=k,
-            candidates=candidates,
-            sequences=model.titles.sequences,
-            vectors=model.soft_prompts(batch) if hasattr(model, "soft_prompts") else None,
-        )
-    if own is not None:
-        return own(batch, k, candidates)
+    if hasattr(model, "rank_scored"):
+        return model.rank_scored(batch, k, candidates)
     items = model.rank(batch, k, candidates=candidates)
     position = torch.arange(items.shape[1], device=items.device, dtype=torch.float32)
     return items, (1.0 / (1.0 + position)).expand(items.shape).masked_fill(items == 0, float("-inf"))

@@ -8,6 +8,8 @@ task family (``task``: "sequential", "generative" or "ctr"; ``zoo.tasks``) and s
   ``start..end-1`` (the evaluator scores in item chunks when ``eval.item_chunk_size`` is set);
 * ``generative``: ``rank(batch, k, candidates=None)``, ranked item ids [B, k], restricted to each row's
   ``candidates`` when given (or ``supports_candidates = False``: the builder refuses candidate protocols);
+  optionally ``rank_scored(batch, k, candidates=None)``, the same lists with their scores (``zoo.load``'s
+  ``recommend`` reports them; without it, a rank-derived score);
 * ``ctr``: ``predict(batch)``, the click logit of each (user, item) pair [B].
 
 Evaluation follows one :class:`zoo.evaluation.Protocol` (full, sampled, retriever candidates, mask-seen) applied

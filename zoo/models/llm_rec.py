@@ -118,13 +118,17 @@ class LLMRec(RecModel):
     def fsdp_wrap_modules(self) -> list[type]:
         return self.backbone.decoder_block_classes()
 
+    def soft_prompts(self, batch: dict) -> torch.Tensor | None:
+        """Vectors for the prompts' :data:`zoo.modules.llm.INJECT` positions (UEM's user tokens); none here."""
+        return None
+
     def compute_loss(self, batch: dict) -> torch.Tensor:
         """Token loss on the response tokens only: their logits are computed flattened into one row
         ([1, P, V], responses back to back), which every token loss accepts (see ``zoo.losses.msl``)."""
         labels = batch["labels"]
         predicts = torch.zeros_like(labels, dtype=torch.bool)
         predicts[:, :-1] = labels[:, 1:] != -100
-        logits = self.backbone(batch["input_ids"], batch["attention_mask"], predicts)
+        logits = self.backbone(batch["input_ids"], batch["attention_mask"], predicts, self.soft_prompts(batch))
         loss = self.loss(logits.unsqueeze(0), labels[:, 1:][predicts[:, :-1]].unsqueeze(0))
         tau = getattr(self.loss, "tau", None)
         if isinstance(tau, torch.Tensor) and self._trainer is not None:
@@ -133,7 +137,11 @@ class LLMRec(RecModel):
 
     def rank(self, batch: dict, k: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
         """Beam search over the titles of all items, or of each row's ``candidates``."""
-        items, _ = generate_items(
+        return self.rank_scored(batch, k, candidates)[0]
+
+    def rank_scored(self, batch: dict, k: int, candidates: torch.Tensor | None = None):
+        """``rank`` with each item's beam log-probability ([B, k] ids, [B, k] scores)."""
+        return generate_items(
             self.backbone,
             batch["prompt_ids"],
             batch["prompt_mask"],
@@ -141,5 +149,5 @@ class LLMRec(RecModel):
             num_beams=k,
             candidates=candidates,
             sequences=self.titles.sequences,
+            vectors=self.soft_prompts(batch),
         )
-        return items

@@ -202,3 +202,6 @@ class PALR(LLMRec):
     def rank(self, batch: dict, k: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
         """The candidates re-ranked: beam search constrained to each row's candidate titles ([B, k])."""
         return super().rank(batch, k, batch["candidates"] if candidates is None else candidates)
+
+    def rank_scored(self, batch: dict, k: int, candidates: torch.Tensor | None = None):
+        return super().rank_scored(batch, k, batch["candidates"] if candidates is None else candidates)

@@ -281,11 +281,16 @@ class Tiger(RecModel):
 
     def rank(self, batch: dict, k: int, candidates: torch.Tensor | None = None) -> torch.Tensor:
         """Beam search over the Semantic IDs of all items, or of each row's ``candidates``."""
+        return self.rank_scored(batch, k, candidates)[0]
+
+    def rank_scored(self, batch: dict, k: int, candidates: torch.Tensor | None = None):
+        """``rank`` with each item's beam log-probability ([B, k] ids, [B, k] scores)."""
         if candidates is None:
-            return self.decode(batch, max(k, self.cfg.eval.num_beams)).items[:, :k]
-        sequences = self.item_tokens.tolist()
+            result = self.decode(batch, max(k, self.cfg.eval.num_beams))
+            return result.items[:, :k], result.scores[:, :k]
         step = T5StepDecoder(self.t5, batch["input_ids"], batch["attention_mask"])
-        return candidate_beam_search(step, sequences, candidates, self.vocab_size, k, pad_token=PAD).items
+        result = candidate_beam_search(step, self.item_tokens.tolist(), candidates, self.vocab_size, k, pad_token=PAD)
+        return result.items, result.scores
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
