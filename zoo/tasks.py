@@ -7,6 +7,8 @@ the leaderboard shows.
   plus the invalid-ID and duplicate rates of the lists.
 * ``ctr``: the model predicts the click logit of a (user, item) pair with context features (``predict(batch)``);
   AUC and LogLoss on the CTR view of a rated corpus (``zoo.data.ctr``).
+* ``multilabel``: the model predicts a set of labels per user (``predict_labels(batch)``, [B, G] 0/1; UEM's
+  preferred genres); sample-averaged, micro and macro F1 (``zoo.metrics.multilabel``) on held-out users.
 
 A new family is one more :class:`Task` registered in ``TASKS``.
 """
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zoo.evaluation import CTREvaluator, RankingEvaluator
+from zoo.metrics.multilabel import MultiLabelEvaluator
 from zoo.registry import Registry
 
 
@@ -44,6 +47,12 @@ def _ctr_datamodule(cfg, protocol, corpus=None):
     return CTRDataModule(cfg.data, seed=cfg.seed, corpus=corpus, threshold=cfg.data.ctr_threshold)
 
 
+def _multilabel_datamodule(cfg, protocol, corpus=None):
+    from zoo.models.uem import GenreDataModule
+
+    return GenreDataModule(cfg.data, cfg.model, seed=cfg.seed, corpus=corpus)
+
+
 RANKING_COLUMNS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 TASKS: Registry[Task] = Registry("task")
 TASKS.register(
@@ -55,6 +64,11 @@ TASKS.register(
     Task("generative", _sequential_datamodule, RankingEvaluator, "val/ndcg@10", "max", RANKING_COLUMNS, True),
 )
 TASKS.register("ctr", Task("ctr", _ctr_datamodule, CTREvaluator, "val/auc", "max", ("auc", "logloss"), False))
+MULTILABEL_COLUMNS = ("f1", "micro_f1", "macro_f1")
+TASKS.register(
+    "multilabel",
+    Task("multilabel", _multilabel_datamodule, MultiLabelEvaluator, "val/f1", "max", MULTILABEL_COLUMNS, False),
+)
 
 
 def task_of(model_cls) -> Task:

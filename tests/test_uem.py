@@ -1,0 +1,262 @@
+"""UEM: the user embedding module gives K soft prompts whatever the history length, the prompts enter the LM through
+the shared injection path with gradients reaching the module and the LM's trainable weights, the sentence encoder
+is never called while training (cached vectors), soft and text histories give the expected input lengths, and the
+preferred-genre label is built from the training part only."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import SHRINK, build_on, synthetic_corpus
+
+from zoo.errors import ConfigError
+from zoo.metrics.multilabel import multilabel_metrics, sample_f1
+from zoo.models.uem import GenreDataModule, genre_examples, genre_vocabulary
+from zoo.modules.llm import INJECT
+from zoo.modules.user_embedding import UserEmbeddingConfig, UserEmbeddingModule
+
+TINY = [
+    "model.text_fields=[title]",
+    "model.module_dim=32",
+    "model.module_layers=1",
+    "model.num_tokens=4",
+    "model.tiny_hidden=32",
+    "data.num_workers=0",
+    "data.batch_size=8",
+]
+GENRES = [*TINY, "model.label_window=2", "model.min_history=1", "model.max_prompt_tokens=128"]
+
+
+def first(datamodule, split="train"):
+    loader = datamodule.train_dataloader() if split == "train" else datamodule.test_dataloader()
+    return next(iter(loader))
+
+
+@pytest.mark.parametrize("length", [1, 5, 50, 200])
+def test_the_module_gives_k_soft_prompts_whatever_the_history_length(length):
+    torch.manual_seed(0)
+    module = UserEmbeddingModule(UserEmbeddingConfig(num_tokens=6, module_dim=32, module_layers=1), 16, 24, 200, True)
+    history = torch.randn(3, length, 16)
+    mask = torch.ones(3, length, dtype=torch.bool)
+    mask[0, : length - 1] = False  # one real item, left-padded
+    tokens, token_mask = module(history, mask, torch.randint(0, 6, (3, length)))
+    assert tokens.shape == (3, 6, 24) and bool(token_mask.all())
+    assert torch.isfinite(tokens).all()
+    per_item = UserEmbeddingModule(UserEmbeddingConfig(tokens="per_item", module_dim=32), 16, 24, 200, False)
+    tokens, token_mask = per_item(history, mask)
+    assert tokens.shape == (3, length, 24) and token_mask.sum(1).tolist() == [1, length, length]
+
+
+def test_padding_does_not_change_the_soft_prompts():
+    torch.manual_seed(0)
+    module = UserEmbeddingModule(UserEmbeddingConfig(num_tokens=3, module_dim=32, module_dropout=0.0), 8, 16, 20, False)
+    module.eval()
+    items = torch.randn(1, 4, 8)
+    short, _ = module(items, torch.ones(1, 4, dtype=torch.bool))
+    padded = torch.cat([torch.randn(1, 6, 8), items], dim=1)  # 6 padding slots with garbage vectors
+    mask = torch.cat([torch.zeros(1, 6, dtype=torch.bool), torch.ones(1, 4, dtype=torch.bool)], dim=1)
+    long, _ = module(padded, mask)
+    assert torch.allclose(short, long, atol=1e-5)
+
+
+def test_bad_module_settings_are_one_line():
+    with pytest.raises(ConfigError, match="model.tokens"):
+        UserEmbeddingModule(UserEmbeddingConfig(tokens="pooled"), 8, 8, 8, False)
+    with pytest.raises(ConfigError, match="multiple of model.module_heads"):
+        UserEmbeddingModule(UserEmbeddingConfig(module_dim=30, module_heads=4), 8, 8, 8, False)
+
+
+@pytest.mark.parametrize("max_len", [3, 8])
+def test_every_prompt_holds_k_injected_positions_for_any_history_length(max_len):
+    model, datamodule = build_on("uem_ml100k", [*TINY, f"data.max_len={max_len}"], min_len=12, max_len=16)
+    batch = first(datamodule)
+    assert ((batch["input_ids"] == INJECT).sum(1) == 4).all()
+    assert ((batch["prompt_ids"] == INJECT).sum(1) == 4).all()
+    assert model.soft_prompts(batch).shape == (4 * len(batch["history"]), 32)
+
+
+@pytest.mark.parametrize("lora_r", [0, 4])
+def test_gradients_reach_the_module_and_the_lm_trainable_weights(lora_r):
+    model, datamodule = build_on("uem_ml100k", [*TINY, f"model.lora_r={lora_r}"])
+    model.train()
+    model.compute_loss(first(datamodule)).backward()
+    module_grads = [p.grad for p in model.user_module.parameters()]
+    assert all(g is not None for g in module_grads) and sum(float(g.abs().sum()) for g in module_grads) > 0
+    lm = dict(model.backbone.named_parameters())
+    trainable = {n: p for n, p in lm.items() if p.requires_grad}
+    assert trainable and all(p.grad is not None for p in trainable.values())
+    # LoRA's B starts at zero, so only B (and, in full training, every weight) has a nonzero gradient at step 0
+    assert all(float(p.grad.abs().sum()) > 0 for n, p in trainable.items() if "lora_A" not in n)
+    if lora_r:  # LoRA: the adapters train, the base weights stay frozen
+        assert all("lora_" in n for n in trainable)
+        assert all(p.grad is None for n, p in lm.items() if not p.requires_grad)
+    else:
+        assert len(trainable) == len(lm)
+
+
+def test_the_sentence_encoder_is_never_called_in_a_training_step(monkeypatch, run_root, one_thread):
+    from zoo.config import compose
+    from zoo.run import run
+
+    corpus = synthetic_corpus()
+    cfg = compose("uem_ml100k", [*SHRINK, *TINY, f"run_root={run_root}", "logger.name=none", "data.batch_size=8"])
+    build_on("uem_ml100k", TINY, corpus=corpus)  # builds (or reuses) the item_embeddings stage
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the sentence encoder was called")
+
+    import sentence_transformers
+
+    import zoo.modules.text_encoder as text_encoder
+
+    monkeypatch.setattr(text_encoder, "load_sentence_encoder", forbidden)
+    monkeypatch.setattr(text_encoder, "encode_items", forbidden)
+    monkeypatch.setattr(sentence_transformers.SentenceTransformer, "encode", forbidden)
+    monkeypatch.setattr(sentence_transformers.SentenceTransformer, "forward", forbidden)
+    model, datamodule = build_on("uem_ml100k", TINY, corpus=corpus)
+    model.train()
+    assert torch.isfinite(model.training_step(first(datamodule), 0))
+    metrics = run(cfg, corpus=corpus)  # two training steps, validation and test: the stage is reused
+    assert metrics["stage/item_embeddings/reused"] == 1.0 and "test/ndcg@10" in metrics
+
+
+def test_the_same_history_as_soft_prompts_or_text_gives_the_expected_input_lengths():
+    corpus = synthetic_corpus(min_len=12, max_len=16)
+    overrides = [*TINY, "data.max_len=6"]
+    uem, uem_data = build_on("uem_ml100k", overrides, corpus=corpus)
+    text, text_data = build_on(
+        "llmrec_ml100k",
+        ["model.tiny_hidden=32", "data.num_workers=0", "data.batch_size=8", "data.max_len=6"],
+        corpus=corpus,
+    )
+    soft_batch, text_batch = first(uem_data), first(text_data)
+    assert torch.equal(soft_batch["history"], text_batch["history"])  # the same examples in the same order
+    head = len(uem.prompts.text(uem.frame.head(*uem._instruction())))
+    tail = len(uem.prompts.text(uem.frame.closing))
+    soft_len = soft_batch["prompt_mask"].sum(1)
+    text_len = text_batch["prompt_mask"].sum(1)
+    titles = torch.tensor([len(text.prompts.title_list(h)) for h in text_batch["history"].tolist()])
+    assert (soft_len == head + 4 + tail).all()  # K soft prompts, whatever the history
+    assert (text_len == head + titles + tail).all()  # every title's tokens
+    assert (text_len - soft_len == titles - 4).all() and (titles > 4).all()
+    # the responses (target titles) are the same tokens
+    assert torch.equal(soft_batch["attention_mask"].sum(1) - soft_len, text_batch["attention_mask"].sum(1) - text_len)
+    per_item, per_item_data = build_on("uem_ml100k", [*overrides, "model.tokens=per_item"], corpus=corpus)
+    batch = first(per_item_data)
+    assert (batch["prompt_mask"].sum(1) == head + (batch["history"] > 0).sum(1) + tail).all()
+
+
+def test_uem_ranks_real_items_and_refuses_nothing_it_should_handle():
+    model, datamodule = build_on("uem_ml100k", TINY)
+    model.eval()
+    batch = first(datamodule, "test")
+    with torch.no_grad():
+        ranked = model.rank(batch, 5)
+    assert ranked.shape == (len(batch["target"]), 5) and bool((ranked[:, 0] > 0).all())
+
+
+# -- task 2: preferred genres -------------------------------------------------------------------------------------
+def marked_corpus():
+    """The synthetic corpus with every user's last two items (the validation and test targets) replaced by an item
+    whose genre appears nowhere else ("leak") and rated 5."""
+    corpus = synthetic_corpus(num_items=13, min_len=10, max_len=14)
+    leak = corpus.num_items  # item 13
+    corpus.items[corpus.items == leak] = 1
+    for u in range(corpus.num_users):
+        end = corpus.offsets[u + 1]
+        corpus.items[end - 2 : end] = leak
+        corpus.ratings[end - 2 : end] = 5.0
+    corpus.item_text["genres"][leak] = "leak"
+    return corpus.validate(), leak
+
+
+def test_the_genre_label_uses_no_validation_or_test_item():
+    corpus, leak = marked_corpus()
+    names = genre_vocabulary(corpus)
+    ex = genre_examples(corpus, names, window=3, share=0.5, min_history=2)
+    assert len(ex) == corpus.num_users
+    assert not ex.labels[:, names.index("leak")].any()
+    assert (ex.end + 3 == corpus.offsets[ex.user + 1] - 2).all()  # window = the last 3 items of s[:n-2]
+    # changing the last two items (and their ratings) changes no label, no input
+    corpus.items[corpus.offsets[1:] - 1] = 2
+    corpus.ratings[corpus.offsets[1:] - 2] = 1.0
+    again = genre_examples(corpus, names, window=3, share=0.5, min_history=2)
+    assert np.array_equal(again.labels, ex.labels) and np.array_equal(again.end, ex.end)
+
+
+def test_the_genre_label_is_the_top_rated_window_items_genres():
+    from zoo.data.corpus import Corpus
+
+    corpus = Corpus.from_sequences("g", [[1, 2, 3, 4, 5, 6, 7, 8]], num_items=8)
+    corpus.item_text["genres"] = ["", "A", "A", "A B", "B", "A C", "C", "x", "x"]
+    corpus.ratings = np.array([5, 5, 5, 5, 2, 3, 5, 5], dtype=np.float32)  # window = items 3..6 (s[:6][-4:])
+    names = genre_vocabulary(corpus)
+    ex = genre_examples(corpus, names, window=4, share=0.5, min_history=2)
+    # top-rated window items: 3 (A B) and 4 (B), both rated 5; B is in both, A in half of them
+    assert {names[g] for g in np.flatnonzero(ex.labels[0])} == {"A", "B"}
+    assert ex.start[0] == 0 and ex.end[0] == 2  # input = items 1, 2
+
+
+def test_genre_batches_hold_only_input_items_and_users_are_split():
+    corpus, leak = marked_corpus()
+    cfg_over = [*GENRES, "model.label_window=3", "data.max_len=20"]
+    model, datamodule = build_on("uem_genres_ml100k", cfg_over, corpus=corpus)
+    assert isinstance(datamodule, GenreDataModule)
+    splits = {s: set(datamodule.examples(s).user.tolist()) for s in ("train", "val", "test")}
+    assert not (splits["train"] & splits["test"]) and not (splits["val"] & splits["test"])
+    for split in ("train", "test"):
+        loader = datamodule.train_dataloader() if split == "train" else datamodule.test_dataloader()
+        for batch in loader:
+            assert not (batch["history"] == leak).any()
+
+
+@pytest.mark.parametrize("history", ["soft", "text"])
+def test_genre_predictions_are_distinct_genre_sets(history):
+    model, datamodule = build_on("uem_genres_ml100k", [*GENRES, f"model.history={history}", "model.max_genres=2"])
+    model.eval()
+    batch = first(datamodule, "test")
+    preds = model.predict_labels(batch)
+    assert preds.shape == batch["labels_multi"].shape
+    assert ((preds.sum(1) >= 1) & (preds.sum(1) <= 2)).all()
+    if history == "text":  # the text baseline writes the history into the prompt, within max_prompt_tokens
+        assert (batch["prompt_mask"].sum(1) <= 128).all() and not (batch["prompt_ids"] == INJECT).any()
+        assert not hasattr(model, "user_module")
+    else:
+        assert ((batch["prompt_ids"] == INJECT).sum(1) == 4).all()
+
+
+def test_the_genre_response_is_what_the_decoder_can_emit():
+    model, datamodule = build_on("uem_genres_ml100k", GENRES)
+    batch = first(datamodule)
+    labels = batch["labels"]
+    for row, target in zip(labels, batch["labels_multi"]):
+        tokens = row[row != -100].tolist()
+        prefix, emitted = [], []
+        for token in tokens:
+            assert token in model._allowed(prefix, emitted, False, 6)
+            done = model._complete(prefix, emitted)
+            if done is not None and token in (model.sep[0], model.backbone.eos_token_id):
+                emitted.append(done)
+                prefix = []
+            else:
+                prefix.append(token)
+        assert sorted(emitted) == torch.nonzero(target).flatten().tolist()
+
+
+def test_multilabel_metrics_by_hand():
+    preds = torch.tensor([[1, 1, 0], [0, 0, 1], [0, 0, 0]])
+    target = torch.tensor([[1, 0, 0], [0, 1, 1], [0, 0, 0]])
+    assert sample_f1(preds, target).tolist() == pytest.approx([2 / 3, 2 / 3, 1.0])
+    m = multilabel_metrics(preds, target)
+    assert m["f1"] == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    assert m["micro_f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))  # tp 2, fp 1, fn 1
+    assert m["macro_f1"] == pytest.approx((1.0 + 0.0 + 1.0) / 3)  # label 0: 1, label 1: 0, label 2: 1
+    assert m["exact_match"] == pytest.approx(1 / 3)
+
+
+def test_uem_genres_refuses_title_losses_and_ranking_protocols():
+    with pytest.raises(ConfigError, match="loss.name=lml"):
+        build_on("uem_genres_ml100k", [*GENRES, "loss.name=msl"])
+    with pytest.raises(ConfigError, match="does not apply"):
+        build_on("uem_genres_ml100k", [*GENRES, "data.eval_candidates=3"])

@@ -1,0 +1,545 @@
+"""UEM (Doddapaneni et al., "User Embedding Model for Personalized Language Prompting", PERSONALIZE 2024): a user's
+long history, each item's free text embedded once by a frozen sentence encoder, compressed by a co-trained user
+embedding module (``zoo.modules.user_embedding``) into soft prompts that an LM reads in place of the history text.
+
+* **Item vectors** come from the ``item_embeddings`` stage (``model.text_encoder``, default all-MiniLM-L6-v2 offline,
+  over ``model.text_fields``: title and whichever of genres / categories / brand / attributes the dataset has),
+  cached once per corpus. No training or evaluation step ever calls the sentence encoder: the vectors are a buffer.
+  The user's rating of each history item (where the corpus has ratings) enters as a learned embedding.
+* **Soft prompts** go through the shared injection path: the prompt holds :data:`zoo.modules.llm.INJECT` positions
+  (K of them, or one per history item with ``model.tokens=per_item``) that ``CausalLMBackbone.embed`` fills with
+  the module's output. Module and LM are trained together: every LM weight for ``tiny-llama``, LoRA adapters
+  (``model.lora_r``) for a pretrained backbone; the module is always trained in full.
+
+Two tasks:
+
+* ``uem`` (task 1, ``generative``): the next item's title after the soft prompts, decoded by beam search constrained
+  to real titles under the shared protocol: ``llmrec`` with the history text replaced by soft prompts (it
+  subclasses it; decoding, losses and the prompt frame are llmrec's).
+* ``uem_genres`` (task 2, ``multilabel``): the paper's personalisation task, a user's preferred genres from the
+  rating history, as text (``"Drama, Comedy"``), greedy decoding constrained to genre names; multi-label F1
+  (``zoo.metrics.multilabel``). ``model.history=text`` is the text-prompt baseline: the same LM and prompt with
+  the history written out (title, genres, rating), as many of the most recent items as ``model.max_prompt_tokens``
+  allows. The label is defined on the training part only (see :func:`genre_examples`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from zoo.data.corpus import Corpus
+from zoo.data.datamodule import DataSpec, ShardedDataModule
+from zoo.data.prompts import pack_left
+from zoo.errors import ConfigError, DataError
+from zoo.models.llm_rec import LLMRec, LLMRecConfig, encode_prompts
+from zoo.modules.llm import INJECT
+from zoo.modules.text_encoder import DEFAULT_ENCODER
+from zoo.modules.user_embedding import UserEmbeddingConfig, UserEmbeddingModule, rating_levels
+from zoo.registry import MODELS
+
+HISTORY_MODES = ("soft", "text")
+NO_GENRE = {"unknown", "(no genres listed)"}
+GENRE_INSTRUCTION = (
+    "Given the movies the user has watched and how they rated them, list the genres the user prefers, the most "
+    "preferred first."
+)
+GENRE_PREFIX = "The user has watched and rated: "
+
+
+@dataclass
+class UEMConfig(LLMRecConfig, UserEmbeddingConfig):
+    name: str = "uem"
+    text_encoder: str = DEFAULT_ENCODER  # the frozen sentence encoder of the item_embeddings stage
+    text_fields: list[str] = field(default_factory=lambda: ["title", "genres", "categories", "brand", "attributes"])
+    encode_batch_size: int = 256
+
+
+class RatingLookup:
+    """(user, item) -> the user's rating level of the item (``rating_levels``; 0 = none), the rating of the
+    user's first interaction with it, which precedes every history that holds the item (no later rating leaks).
+    A plain numpy object, cheap to pickle into DataLoader workers."""
+
+    def __init__(self, corpus: Corpus) -> None:
+        self.stride = corpus.num_items + 1
+        users = np.repeat(np.arange(corpus.num_users, dtype=np.int64), corpus.lengths())
+        keys = users * self.stride + corpus.items
+        order = np.argsort(keys, kind="stable")
+        ordered = keys[order]
+        first = np.ones(len(ordered), dtype=bool)
+        first[1:] = ordered[1:] != ordered[:-1]
+        self.keys = ordered[first]
+        levels = rating_levels(torch.from_numpy(np.asarray(corpus.ratings, dtype=np.float32)[order][first]))
+        self.levels = levels.numpy()
+
+    def __call__(self, users: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        u, h = users.numpy()[:, None], history.numpy()
+        keys = u * self.stride + h
+        at = np.searchsorted(self.keys, keys).clip(max=max(len(self.keys) - 1, 0))
+        found = (self.keys[at] == keys) & (h > 0) & (u >= 0)
+        return torch.from_numpy(np.where(found, self.levels[at], 0).astype(np.int64))
+
+
+class SoftHistory:
+    """What both UEM tasks share: the cached item vectors (a non-persistent buffer: rebuilt from the stage, never
+    checkpointed), the user embedding module, and the soft prompts of a batch."""
+
+    def _build_user_module(self, cfg, datamodule) -> None:
+        from zoo.stages import load_embeddings
+
+        if "item_embeddings" not in self.artifacts:
+            raise ConfigError(f"model '{cfg.model.name}' needs the item_embeddings stage artifact")
+        vectors = torch.from_numpy(load_embeddings(self.artifacts["item_embeddings"]))
+        if len(vectors) != self.num_items:
+            raise DataError(f"item_embeddings has {len(vectors)} rows for {self.num_items} items")
+        table = torch.cat([torch.zeros(1, vectors.shape[1]), vectors.float()])
+        self.register_buffer("item_vectors", table, persistent=False)
+        corpus = datamodule.corpus
+        with_ratings = bool(cfg.model.use_ratings) and corpus.ratings is not None
+        self.ratings = RatingLookup(corpus) if with_ratings else None
+        lm_dim = self.backbone.model.get_input_embeddings().embedding_dim
+        self.user_module = UserEmbeddingModule(cfg.model, table.shape[1], lm_dim, int(cfg.data.max_len), with_ratings)
+
+    def soft_prompts(self, batch: dict) -> torch.Tensor | None:
+        """The user tokens of every row, flattened in row-major order ([P, d_lm]) for the INJECT positions."""
+        history = batch["history"]
+        tokens, mask = self.user_module(self.item_vectors[history], history > 0, batch.get("history_ratings"))
+        return tokens[mask]
+
+
+class SoftPromptEncoder:
+    """Batch transform of ``uem``: the prompt frame and instruction of llmrec with the history text replaced by
+    ``INJECT`` positions (one per soft prompt), the target title as response (``encode_prompts``), and the
+    history's rating levels (``history_ratings``) when the module reads them."""
+
+    def __init__(self, head: list[int], tail: list[int], titles, pad_id: int, counts, ratings) -> None:
+        self.head, self.tail, self.titles, self.pad_id = head, tail, titles, pad_id
+        self.counts = counts  # history [B, L] -> soft prompts per row
+        self.ratings = ratings
+
+    def __call__(self, batch: dict) -> dict:
+        prompts = [self.head + [INJECT] * n + self.tail for n in self.counts(batch["history"])]
+        if self.ratings is not None:
+            batch["history_ratings"] = self.ratings(batch["user"], batch["history"])
+        return encode_prompts(batch, prompts, self.titles, self.pad_id)
+
+
+class _Counts:
+    """Picklable soft-prompt counter (K per row, or the row's items)."""
+
+    def __init__(self, tokens: str, k: int) -> None:
+        self.tokens, self.k = tokens, k
+
+    def __call__(self, history: torch.Tensor) -> list[int]:
+        if self.tokens == "queries":
+            return [self.k] * len(history)
+        return (history > 0).sum(1).tolist()
+
+
+@MODELS.register("uem")
+class UEM(SoftHistory, LLMRec):
+    """Task 1: next-item title generation after K soft prompts (see the module docstring)."""
+
+    Config = UEMConfig
+    stages = ("item_embeddings",)
+    test_overrides = (
+        "model.text_fields=[title]",
+        "model.module_dim=32",
+        "model.module_layers=1",
+        "model.num_tokens=4",
+        "model.tiny_hidden=32",
+    )
+
+    def __init__(self, cfg, datamodule, artifacts: dict | None = None) -> None:
+        super().__init__(cfg, datamodule, artifacts)
+        self._build_user_module(cfg, datamodule)
+
+    def data_spec(self) -> DataSpec:
+        instruction, prefix = self._instruction()
+        head = self.prompts.text(self.frame.head(instruction, prefix))
+        tail = self.prompts.text(self.frame.closing)
+        m = self.cfg.model
+        encoder = SoftPromptEncoder(
+            head, tail, self.titles, self.backbone.pad_token_id, _Counts(m.tokens, int(m.num_tokens)), self.ratings
+        )
+        return DataSpec(train_mode="prefix", transform=encoder)
+
+
+# -- task 2: preferred genres -------------------------------------------------------------------------------------
+@dataclass
+class UEMGenresConfig(UEMConfig):
+    name: str = "uem_genres"
+    history: str = "soft"  # soft: UEM's soft prompts | text: the history written in the prompt (the baseline)
+    max_prompt_tokens: int = 1024  # the text baseline's context: the most recent items that fit
+    label_window: int = 10  # the last items of the training part s[:n-2] whose genres define the label
+    label_share: float = 0.5  # a genre is preferred when it is in at least this share of the window's top-rated items
+    min_history: int = 5  # users need this many items before the label window
+    val_users: float = 0.1  # shares of users held out (seeded by split_seed) for validation and test
+    test_users: float = 0.1
+    split_seed: int = 0
+    max_genres: int = 6  # the most genres one answer may list
+    instruction: Optional[str] = None  # default: GENRE_INSTRUCTION
+    history_prefix: Optional[str] = None  # default: GENRE_PREFIX
+
+
+def genre_vocabulary(corpus: Corpus) -> list[str]:
+    """The genres of ``item_text["genres"]`` (space-separated names), most frequent first (ties by name);
+    placeholders such as ``unknown`` are left out."""
+    if "genres" not in corpus.item_text:
+        raise DataError(f"{corpus.name}: uem_genres needs item genres (item_text['genres']); MovieLens has them")
+    counts: dict[str, int] = {}
+    for text in corpus.item_text["genres"][1:]:
+        for name in text.split():
+            if name not in NO_GENRE:
+                counts[name] = counts.get(name, 0) + 1
+    if not counts:
+        raise DataError(f"{corpus.name}: no item has a genre")
+    return sorted(counts, key=lambda g: (-counts[g], g))
+
+
+def item_genres(corpus: Corpus, names: list[str]) -> np.ndarray:
+    """[N+1, G] bool: which genres each item has (row 0 = padding)."""
+    index = {g: i for i, g in enumerate(names)}
+    table = np.zeros((corpus.num_items + 1, len(names)), dtype=bool)
+    for item, text in enumerate(corpus.item_text["genres"]):
+        for name in text.split():
+            if name in index:
+                table[item, index[name]] = True
+    return table
+
+
+@dataclass
+class GenreExamples:
+    user: np.ndarray  # [E] user index
+    start: np.ndarray  # [E] input history = corpus.items[start:end] (the datamodule keeps the last data.max_len)
+    end: np.ndarray  # [E] = the first position of the label window
+    labels: np.ndarray  # [E, G] bool
+
+    def subset(self, rows: np.ndarray) -> GenreExamples:
+        return GenreExamples(self.user[rows], self.start[rows], self.end[rows], self.labels[rows])
+
+    def __len__(self) -> int:
+        return len(self.user)
+
+
+def genre_examples(corpus: Corpus, names: list[str], window: int, share: float, min_history: int) -> GenreExamples:
+    """One example per user, built from the training part of the leave-one-out split only.
+
+    For a user with sequence s of length n the ranking protocol reserves s[n-2] (validation) and s[n-1] (test); the
+    training part is T = s[:n-2]. The **label window** is the last ``window`` items of T, the **input** every item
+    of T before it (users with fewer than ``min_history`` of them are left out). The window's **top-rated items**
+    are those with the window's highest rating (every window item when the corpus has no ratings); the user's
+    **preferred genres** are the genres held by at least ``share`` of them (at least one item), and when none
+    reaches that share, the most frequent ones (ties kept). s[n-2] and s[n-1] are never read."""
+    if window < 1 or min_history < 1 or not 0.0 < share <= 1.0:
+        raise ConfigError(
+            f"model.label_window={window} and model.min_history={min_history} must be >= 1, "
+            f"model.label_share={share} in (0, 1]"
+        )
+    genres = item_genres(corpus, names)
+    users, starts, ends, labels = [], [], [], []
+    for u in range(corpus.num_users):
+        begin, train_end = int(corpus.offsets[u]), int(corpus.offsets[u + 1]) - 2  # T = items[begin:train_end]
+        cut = train_end - window
+        if cut - begin < min_history:
+            continue
+        window_items = corpus.items[cut:train_end]
+        if corpus.ratings is not None:
+            rated = corpus.ratings[cut:train_end]
+            window_items = window_items[rated == rated.max()]
+        counts = genres[window_items].sum(0)
+        if counts.max() == 0:
+            continue
+        label = counts >= max(1, math.ceil(share * len(window_items) - 1e-9))
+        if not label.any():
+            label = counts == counts.max()
+        users.append(u)
+        starts.append(begin)
+        ends.append(cut)
+        labels.append(label)
+    if not users:
+        raise DataError(
+            f"{corpus.name}: no user has {min_history} + {window} items before the last two (model.min_history, "
+            "model.label_window)"
+        )
+    return GenreExamples(
+        np.asarray(users, dtype=np.int64),
+        np.asarray(starts, dtype=np.int64),
+        np.asarray(ends, dtype=np.int64),
+        np.stack(labels),
+    )
+
+
+class GenreDataset(Dataset):
+    """Whole batches from index lists: ``user``, ``history`` (the last ``max_len`` input items, left-padded),
+    ``labels_multi`` [B, G] float, then the model's transform."""
+
+    def __init__(self, corpus: Corpus, examples: GenreExamples, max_len: int, transform=None) -> None:
+        self.items = corpus.items
+        self.ex, self.max_len, self.transform = examples, max_len, transform
+
+    def __len__(self) -> int:
+        return len(self.ex)
+
+    def __getitem__(self, index: list[int]) -> dict:
+        idx = np.asarray(index, dtype=np.int64)
+        start, end = self.ex.start[idx], self.ex.end[idx]
+        cols = end[:, None] - self.max_len + np.arange(self.max_len)[None, :]
+        history = np.where(cols >= start[:, None], self.items[np.clip(cols, 0, None)], 0)
+        batch = {
+            "history": torch.from_numpy(history),
+            "user": torch.from_numpy(self.ex.user[idx]),
+            "labels_multi": torch.from_numpy(self.ex.labels[idx].astype(np.float32)),
+        }
+        return self.transform(batch) if self.transform is not None else batch
+
+
+class GenreDataModule(ShardedDataModule):
+    """The ``multilabel`` family's DataModule: :func:`genre_examples`, users split into train / val / test groups
+    (seeded permutation: ``model.test_users``, then ``model.val_users`` shares; the rest trains)."""
+
+    def __init__(self, cfg, model_cfg, seed: int = 42, corpus: Corpus | None = None) -> None:
+        super().__init__(cfg, seed, corpus)
+        self.spec = DataSpec()
+        self.genre_names = genre_vocabulary(self.corpus)
+        m = model_cfg
+        self.all_examples = genre_examples(
+            self.corpus, self.genre_names, int(m.label_window), float(m.label_share), int(m.min_history)
+        )
+        n = len(self.all_examples)
+        n_test, n_val = round(float(m.test_users) * n), round(float(m.val_users) * n)
+        if n_test < 1 or n_val < 1 or n - n_test - n_val < 1:
+            raise DataError(
+                f"{self.corpus.name}: {n} users with a genre label cannot be split into train / val / test "
+                f"(model.val_users={m.val_users}, model.test_users={m.test_users})"
+            )
+        order = np.random.default_rng(int(m.split_seed)).permutation(n)
+        self.split_rows = {
+            "test": np.sort(order[:n_test]),
+            "val": np.sort(order[n_test : n_test + n_val]),
+            "train": np.sort(order[n_test + n_val :]),
+        }
+
+    @property
+    def max_len(self) -> int:
+        return int(self.cfg.max_len)
+
+    def examples(self, split: str) -> GenreExamples:
+        if split not in self.split_rows:
+            raise DataError(f"unknown split '{split}'")
+        return self.all_examples.subset(self.split_rows[split])
+
+    def train_item_counts(self, split: str = "val") -> np.ndarray:
+        ex = self.examples("train")
+        rows = np.concatenate([np.arange(s, e) for s, e in zip(ex.start, ex.end)])
+        return np.bincount(self.corpus.items[rows], minlength=self.num_items + 1)
+
+    def batch_dataset(self, split: str, train: bool) -> Dataset:
+        return GenreDataset(self.corpus, self.examples(split), self.max_len, self.spec.transform)
+
+
+class GenrePromptEncoder:
+    """Batch transform of ``uem_genres``: prompt = head + history (soft: ``INJECT`` positions; text: the most recent
+    items that fit ``max_prompt_tokens``, each as its title, genres and rating) + closing; response = the label's
+    genre names in vocabulary order, comma-separated, + EOS (the token sequences the constrained decoder emits)."""
+
+    def __init__(self, head, tail, pad_id, genre_tokens, sep, eos, counts=None, ratings=None, text=None) -> None:
+        self.head, self.tail, self.pad_id = head, tail, pad_id
+        self.genre_tokens, self.sep, self.eos = genre_tokens, sep, eos
+        self.counts, self.ratings, self.text = counts, ratings, text  # text: (item tokens, rating tokens, sep, budget)
+
+    def response(self, label: list[float]) -> list[int]:
+        out: list[int] = []
+        for g, on in enumerate(label):
+            if on:
+                out += (self.sep if out else []) + self.genre_tokens[g]
+        return out + [self.eos]
+
+    def text_history(self, history: list[int], levels: list[int]) -> list[int]:
+        items, rating_tokens, sep, budget = self.text
+        pieces: list[list[int]] = []
+        used = 0
+        for item, level in zip(reversed(history), reversed(levels)):
+            if item <= 0:
+                break
+            piece = items[item] + rating_tokens[level]
+            if used + len(piece) + (len(sep) if pieces else 0) > budget:
+                break
+            used += len(piece) + (len(sep) if pieces else 0)
+            pieces.append(piece)
+        out: list[int] = []
+        for piece in reversed(pieces):
+            out += (sep if out else []) + piece
+        return out
+
+    def __call__(self, batch: dict) -> dict:
+        history = batch["history"]
+        levels = self.ratings(batch["user"], history) if self.ratings is not None else torch.zeros_like(history)
+        if self.counts is not None:
+            middles = [[INJECT] * n for n in self.counts(history)]
+            if self.ratings is not None:
+                batch["history_ratings"] = levels
+        else:
+            middles = [self.text_history(h, r) for h, r in zip(history.tolist(), levels.tolist())]
+        prompts = [self.head + mid + self.tail for mid in middles]
+        responses = [self.response(row) for row in batch["labels_multi"].tolist()]
+        full = pack_left(prompts, responses, self.pad_id)
+        prompt_only = pack_left(prompts, None, self.pad_id)
+        batch.update(
+            input_ids=full.input_ids,
+            attention_mask=full.attention_mask,
+            labels=full.labels,
+            prompt_ids=prompt_only.input_ids,
+            prompt_mask=prompt_only.attention_mask,
+        )
+        return batch
+
+
+@MODELS.register("uem_genres")
+class UEMGenres(SoftHistory, LLMRec):
+    """Task 2: a user's preferred genres as text after the soft prompts (``model.history=soft``) or after the
+    history written out (``model.history=text``, the text-prompt baseline); see the module docstring."""
+
+    Config = UEMGenresConfig
+    task = "multilabel"
+    test_overrides = (
+        "model.text_fields=[title]",
+        "model.module_dim=32",
+        "model.module_layers=1",
+        "model.num_tokens=4",
+        "model.tiny_hidden=32",
+        "model.label_window=2",
+        "model.min_history=1",
+        "model.max_prompt_tokens=128",
+    )
+
+    @classmethod
+    def stages_for(cls, cfg) -> tuple[str, ...]:
+        return ("item_embeddings",) if cfg.model.history == "soft" else ()
+
+    def __init__(self, cfg, datamodule, artifacts: dict | None = None) -> None:
+        m = cfg.model
+        if m.history not in HISTORY_MODES:
+            raise ConfigError(f"unknown model.history '{m.history}' ({' | '.join(HISTORY_MODES)})")
+        if cfg.loss.name != "lml":
+            raise ConfigError(
+                f"uem_genres trains with loss.name=lml (its answers are genre lists, not titles), got {cfg.loss.name}"
+            )
+        if not hasattr(datamodule, "genre_names"):
+            raise ConfigError("uem_genres needs the multilabel family's GenreDataModule")
+        self.num_labels = len(datamodule.genre_names)
+        self.genre_names = list(datamodule.genre_names)
+        super().__init__(cfg, datamodule, artifacts)
+        tok = self.backbone.tokenizer
+        self.genre_tokens = [list(tok(" " + g, add_special_tokens=False)["input_ids"]) for g in self.genre_names]
+        self.sep = list(tok(",", add_special_tokens=False)["input_ids"])
+        self._item_genres = [
+            " ".join(g for g in text.split() if g not in NO_GENRE) for text in datamodule.corpus.item_text["genres"]
+        ]
+        if len(self.sep) != 1:
+            raise ConfigError(f"the tokenizer splits ',' into {len(self.sep)} tokens; uem_genres needs one")
+        if m.history == "soft":
+            self._build_user_module(cfg, datamodule)
+        else:
+            corpus = datamodule.corpus
+            self.ratings = RatingLookup(corpus) if corpus.ratings is not None else None
+
+    def _instruction(self) -> tuple[str, str]:
+        m = self.cfg.model
+        return m.instruction or GENRE_INSTRUCTION, m.history_prefix if m.history_prefix is not None else GENRE_PREFIX
+
+    def data_spec(self) -> DataSpec:
+        m = self.cfg.model
+        instruction, prefix = self._instruction()
+        head = self.prompts.text(self.frame.head(instruction, prefix))
+        tail = self.prompts.text(self.frame.closing)
+        common = dict(
+            head=head,
+            tail=tail,
+            pad_id=self.backbone.pad_token_id,
+            genre_tokens=self.genre_tokens,
+            sep=self.sep,
+            eos=self.backbone.eos_token_id,
+            ratings=self.ratings,
+        )
+        if m.history == "soft":
+            return DataSpec(transform=GenrePromptEncoder(counts=_Counts(m.tokens, int(m.num_tokens)), **common))
+        genres = self._item_genres
+        items = [[]] + [
+            self.titles.quoted[i] + self.prompts.text(f" ({genres[i]})" if genres[i] else "")
+            for i in range(1, self.num_items + 1)
+        ]
+        rating_tokens = [[]] + [self.prompts.text(f", rated {level}") for level in range(1, 11)]
+        budget = int(m.max_prompt_tokens) - len(head) - len(tail)
+        return DataSpec(
+            transform=GenrePromptEncoder(text=(items, rating_tokens, self.prompts.text("; "), budget), **common)
+        )
+
+    def soft_prompts(self, batch: dict) -> torch.Tensor | None:
+        return super().soft_prompts(batch) if self.cfg.model.history == "soft" else None
+
+    def rank(self, batch: dict, k: int, candidates=None):
+        raise ConfigError("uem_genres predicts genre sets (predict_labels), not ranked items")
+
+    @torch.no_grad()
+    def predict_labels(self, batch: dict) -> torch.Tensor:
+        """Greedy decoding after each prompt, constrained to a list of distinct genre names (at most
+        ``model.max_genres``) separated by ',' and ended by EOS -> the predicted genre set [B, G] (0/1)."""
+        backbone = self.backbone
+        ids, mask = batch["prompt_ids"], batch["prompt_mask"]
+        logits, cache = backbone.prefill(ids, mask, self.soft_prompts(batch))
+        rows = len(ids)
+        prefix: list[list[int]] = [[] for _ in range(rows)]
+        emitted: list[list[int]] = [[] for _ in range(rows)]
+        done = [False] * rows
+        longest = max(len(t) for t in self.genre_tokens)
+        limit = int(self.cfg.model.max_genres)
+        for _ in range(limit * (longest + 1) + 1):
+            allowed = torch.zeros(rows, logits.shape[-1], dtype=torch.bool, device=logits.device)
+            for b in range(rows):
+                allowed[b, self._allowed(prefix[b], emitted[b], done[b], limit)] = True
+            choice = logits.float().masked_fill(~allowed, float("-inf")).argmax(-1)
+            for b, token in enumerate(choice.tolist()):
+                if done[b]:
+                    continue
+                complete = self._complete(prefix[b], emitted[b])
+                if complete is not None and token in (self.sep[0], backbone.eos_token_id):
+                    emitted[b].append(complete)
+                    prefix[b] = []
+                    done[b] = token == backbone.eos_token_id
+                else:
+                    prefix[b].append(token)
+            if all(done):
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            logits, cache = backbone.decode(choice, mask, cache)
+        out = torch.zeros(rows, self.num_labels, device=ids.device)
+        for b, genres in enumerate(emitted):
+            out[b, genres] = 1.0
+        return out
+
+    def _complete(self, prefix: list[int], emitted: list[int]) -> int | None:
+        for g, tokens in enumerate(self.genre_tokens):
+            if tokens == prefix and g not in emitted:
+                return g
+        return None
+
+    def _allowed(self, prefix: list[int], emitted: list[int], done: bool, limit: int) -> list[int]:
+        if done:
+            return [self.backbone.pad_token_id]
+        depth = len(prefix)
+        allowed = {
+            tokens[depth]
+            for g, tokens in enumerate(self.genre_tokens)
+            if g not in emitted and len(tokens) > depth and tokens[:depth] == prefix
+        }
+        if self._complete(prefix, emitted) is not None:
+            allowed.add(self.backbone.eos_token_id)
+            if len(emitted) + 1 < min(limit, self.num_labels):
+                allowed.add(self.sep[0])
+        return sorted(allowed) or [self.backbone.eos_token_id]
