@@ -77,3 +77,34 @@ def test_needs_ratings_and_known_fields():
     rated = Corpus.from_sequences("rated", [[1, 2, 3]], ratings=np.array([1, 2, 3], dtype=np.float32))
     with pytest.raises(DataError, match="no user field 'age'"):
         CTRDataModule(DataConfig(), corpus=rated, user_fields=["age"])
+
+
+def test_users_split_is_kar_9_to_1_with_validation_from_training_users_and_examples_from_n_u():
+    from zoo.data.ctr import knowledge_lengths, user_split
+
+    rng = np.random.default_rng(0)
+    sequences = [list(rng.permutation(30)[: int(rng.integers(2, 12))] + 1) for _ in range(200)]
+    ratings = rng.integers(1, 6, size=sum(len(s) for s in sequences)).astype(np.float32)
+    corpus = Corpus.from_sequences("rated", sequences, num_items=30, ratings=ratings)
+    split = user_split(corpus.num_users)
+    assert (split == 2).sum() == 20 and (split == 1).sum() == 18 and (split == 0).sum() == 162
+    assert np.array_equal(split, user_split(corpus.num_users)), "a fixed seed: the same users for every run"
+    cut = knowledge_lengths(corpus, 3)
+    assert cut.tolist()[:3] == [min((len(s) + 1) // 2, 3) for s in sequences[:3]]
+    user_of = np.repeat(np.arange(corpus.num_users), corpus.lengths())
+    seen = []
+    for name, sid in (("train", 0), ("val", 1), ("test", 2)):
+        pos = ctr_split_positions(corpus, name, "users", 3)
+        assert set(split[user_of[pos]]) == {sid}
+        assert (pos - corpus.offsets[user_of[pos]] >= cut[user_of[pos]]).all()
+        seen.append(pos)
+    everything = np.sort(np.concatenate(seen))
+    expected = np.flatnonzero(np.arange(len(user_of)) - corpus.offsets[user_of] >= cut[user_of])
+    assert np.array_equal(everything, expected), "every rating from n_u on is an example of exactly one split"
+    dm = CTRDataModule(DataConfig(ctr_split="users", ctr_prefix=3), corpus=corpus)
+    assert len(dm.dataset("test")) == len(seen[2])
+    assert len(CTRDataModule(DataConfig(), corpus=corpus).dataset("test")) == (corpus.lengths() >= 3).sum()
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown data.ctr_split"):
+        CTRDataModule(DataConfig(ctr_split="random"), corpus=corpus)

@@ -97,3 +97,35 @@ def test_ctr_metric_accumulates_batches():
         without_users.update(p, y, u)
     with pytest.raises(DataError, match="every batch"):
         metric.update(p, y)
+
+
+def test_ctr_metric_gauc_is_nan_when_no_user_has_both_labels_and_the_evaluator_groups_by_user():
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+    from sklearn.metrics import roc_auc_score
+
+    from zoo.evaluation import CTREvaluator
+
+    metric = CTRMetrics(from_logits=True)
+    metric.update(torch.tensor([0.3, -1.0, 2.0]), torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0, 1, 2]))
+    out = metric.compute()
+    assert torch.isnan(out["gauc"]) and float(out["auc"]) == pytest.approx(1.0)
+
+    def model_for(split):
+        cfg = OmegaConf.create({"data": {"ctr_split": split}})
+        return SimpleNamespace(cfg=cfg, predict=lambda batch: batch["logit"])
+
+    batch = {
+        "logit": torch.tensor([0.1, 0.9, 0.4, 0.2, 0.8, 0.3]),
+        "label": torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0, 0.0]),
+        "user": torch.tensor([5, 5, 5, 7, 7, 9]),
+    }
+    grouped = CTREvaluator(model_for("users"))
+    grouped.update(model_for("users"), batch)
+    values = grouped.compute()
+    expected = (3 * roc_auc_score([0, 1, 1], [0.1, 0.9, 0.4]) + 2 * roc_auc_score([1, 0], [0.2, 0.8])) / 5
+    assert float(values["gauc"]) == pytest.approx(expected, abs=1e-12)
+    plain = CTREvaluator(model_for("leave_one_out"))
+    plain.update(model_for("leave_one_out"), batch)
+    assert "gauc" not in plain.compute()

@@ -39,6 +39,8 @@ class DataConfig:
     eval_candidates: int = 0  # 0 = full ranking; n = target + (n-1) sampled negatives
     candidates_path: Optional[str] = None  # candidate lists written by a retriever (re-ranking methods)
     ctr_threshold: float = 3.0  # CTR view: label = rating > threshold
+    ctr_split: str = "leave_one_out"  # CTR view: leave_one_out (per user, time order) | users (KAR: 9:1 users)
+    ctr_prefix: int = 30  # ctr_split=users: the first min((len+1)//2, ctr_prefix) ratings are history only (KAR n_u)
     cache_dir: Optional[str] = None  # root of every cache (corpora, stages); else $ZOO_CACHE_DIR, else <root>/cache
 
 

@@ -170,15 +170,20 @@ def scoring_ranks(model, batch: dict, max_k: int) -> torch.Tensor:
 
 
 class CTREvaluator(nn.Module):
-    """AUC and LogLoss of a CTR model's logits (``predict(batch)`` [B]). GAUC is left out: under the per-user
-    leave-one-out split each user has one validation and one test impression, so no user has an AUC."""
+    """AUC and LogLoss of a CTR model's logits (``predict(batch)`` [B]), and GAUC (impression-weighted mean of the
+    per-user AUCs, over users with both labels) under the users split (``data.ctr_split=users``). GAUC is left out
+    under the per-user leave-one-out split: each user has one validation and one test impression, so no user has
+    an AUC."""
 
     def __init__(self, model, ks: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.ctr = CTRMetrics(from_logits=True)
+        cfg = getattr(model, "cfg", None)
+        self.grouped = cfg is not None and str(getattr(cfg.data, "ctr_split", "leave_one_out")) == "users"
 
     def update(self, model, batch: dict) -> None:
-        self.ctr.update(model.predict(batch).float(), batch["label"])
+        users = batch["user"] if self.grouped else None
+        self.ctr.update(model.predict(batch).float(), batch["label"], users)
 
     def compute(self) -> dict[str, torch.Tensor]:
         return dict(self.ctr.compute())

@@ -152,5 +152,8 @@ class CTRMetrics(Metric):
         preds, labels = dim_zero_cat(self.preds), dim_zero_cat(self.labels)
         out = {"auc": auc(preds, labels), "logloss": log_loss(preds, labels, self.from_logits)}
         if len(self.users) if isinstance(self.users, list) else self.users.numel():
-            out["gauc"] = gauc(preds, labels, dim_zero_cat(self.users), self.gauc_weight)
+            users = dim_zero_cat(self.users)
+            defined = torch.isfinite(grouped_auc(preds, labels, users)[0]).any()
+            # no user with both labels (a tiny evaluation set): GAUC is undefined, NaN rather than a failed run
+            out["gauc"] = gauc(preds, labels, users, self.gauc_weight) if defined else float("nan")
         return {name: torch.tensor(value, dtype=torch.float64) for name, value in out.items()}
