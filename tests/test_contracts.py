@@ -189,8 +189,16 @@ def test_load_recommends_the_test_loops_top_k(model_name, tmp_path, one_thread, 
     with torch.no_grad(), rec._testing():
         if model.task == "ctr":
             clicks = torch.sigmoid(model.predict(batch)).tolist()
-            for user, item, p in list(zip(batch["user"].tolist(), batch["item"].tolist(), clicks))[:4]:
-                ranked = rec.recommend([], k=rec.num_items, exclude_seen=False, user=corpus.user_ids[user])
+            rows = zip(batch["user"].tolist(), batch["item"].tolist(), clicks, batch["history"], batch["history_rating"])
+            for user, item, p, history, rated in list(rows)[:4]:  # the row's own history and ratings
+                kept = history > 0
+                ranked = rec.recommend(
+                    [corpus.item_ids[i] for i in history[kept].tolist()],
+                    k=rec.num_items,
+                    exclude_seen=False,
+                    user=corpus.user_ids[user],
+                    ratings=rated[kept].tolist(),
+                )
                 assert len(ranked) == rec.num_items
                 score = {r["item"]: r["score"] for r in ranked}[corpus.item_ids[item]]
                 assert score == pytest.approx(p, abs=1e-6)

@@ -200,12 +200,14 @@ class Recommender:
         return len(self.catalog)
 
     # -- the request ----------------------------------------------------------------------------------------
-    def recommend(self, history, k: int = 10, exclude_seen: bool = True, user=None):
+    def recommend(self, history, k: int = 10, exclude_seen: bool = True, user=None, ratings=None):
         """The top-``k`` items after ``history`` (raw item ids, oldest first) as ``[{"item", "title", "score"}]``,
         best first; a list of histories gives a list of such lists (``user`` then a list too, or None).
         ``exclude_seen`` drops the history's items. ``user`` (a raw user id) is optional for sequential and
         generative models (an unknown or missing user is user -1, as in sources without user ids) and required
-        for CTR models. Fewer than ``k`` entries come back when fewer items remain."""
+        for CTR models, which also read the ``ratings`` of the history's items (a list aligned with ``history``, a
+        list of lists for many; missing ratings are 0, the padding value). Fewer than ``k`` entries come back when
+        fewer items remain."""
         histories, single = _histories(history, self.model.task == "ctr")
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= self.num_items:
             raise RequestError(f"k must be an integer in 1..{self.num_items}, got {k!r}")
@@ -218,7 +220,8 @@ class Recommender:
             raise RequestError(f"{len(users)} users for {len(histories)} histories")
         internal = [self.catalog.indices(h) for h in histories]
         user_index = [self._user_index(u) for u in users]
-        items, scores = self.top_k(internal, user_index, int(k), exclude_seen)
+        rated = _ratings(ratings, histories, single)
+        items, scores = self.top_k(internal, user_index, int(k), exclude_seen, rated)
         out = [
             [
                 {"item": self.catalog.ids[i], "title": self.catalog.titles[i], "score": float(s)}
@@ -241,13 +244,13 @@ class Recommender:
         return -1 if index is None else index
 
     # -- internal ids in, internal ids out ------------------------------------------------------------------
-    def top_k(self, histories: list[list[int]], users: list[int], k: int, exclude_seen: bool):
+    def top_k(self, histories: list[list[int]], users: list[int], k: int, exclude_seen: bool, ratings=None):
         """(items, scores): per row the ``k`` best internal item ids and their scores (fewer when fewer remain)."""
         import torch
 
         with torch.no_grad(), self._testing():
             if self.model.task == "ctr":
-                return self._ctr_top_k(histories, users, k, exclude_seen)
+                return self._ctr_top_k(histories, users, k, exclude_seen, ratings)
             batch = self.batch(histories, users, exclude_seen)
             if self.model.task == "generative":
                 return self._generative_top_k(batch, k, exclude_seen)
@@ -328,15 +331,17 @@ class Recommender:
             out_scores.append([s for _, s in pairs])
         return out_items, out_scores
 
-    def _ctr_top_k(self, histories: list[list[int]], users: list[int], k: int, exclude_seen: bool):
+    def _ctr_top_k(self, histories: list[list[int]], users: list[int], k: int, exclude_seen: bool, ratings=None):
         import torch
 
         model, features = self.model, self.datamodule.features
         max_len = int(self.datamodule.max_history)
         all_items, all_scores = [], []
-        for history, user in zip(histories, users):
+        ratings = ratings or [[0.0] * len(h) for h in histories]
+        for history, user, rated in zip(histories, users, ratings):
             scores = torch.empty(self.num_items + 1)
             padded = ([0] * max_len + list(history))[-max_len:] if max_len else []
+            padded_ratings = ([0.0] * max_len + list(rated))[-max_len:] if max_len else []
             for start in range(1, self.num_items + 1, 4096):
                 items = np.arange(start, min(start + 4096, self.num_items + 1))
                 n = len(items)
@@ -346,7 +351,7 @@ class Recommender:
                     "user_features": torch.from_numpy(np.repeat(features.users[[user]], n, axis=0)),
                     "item_features": torch.from_numpy(features.items[items]),
                     "history": torch.tensor([padded] * n, dtype=torch.long).view(n, max_len),
-                    "history_rating": torch.zeros(n, max_len),
+                    "history_rating": torch.tensor([padded_ratings] * n, dtype=torch.float32).view(n, max_len),
                     "rating": torch.zeros(n),
                     "label": torch.zeros(n),
                 }
@@ -422,6 +427,23 @@ def _histories(history, ctr: bool) -> tuple[list[list], bool]:
     if not histories:
         raise RequestError("no histories given")
     return histories, single
+
+
+def _ratings(ratings, histories: list[list], single: bool) -> list[list[float]] | None:
+    """The ratings of a CTR request, one list per history and aligned with it (or None)."""
+    if ratings is None:
+        return None
+    rows = [ratings] if single else list(ratings)
+    if len(rows) != len(histories):
+        raise RequestError(f"{len(rows)} rating lists for {len(histories)} histories")
+    out = []
+    for row, history in zip(rows, histories):
+        if not isinstance(row, (list, tuple)) or len(row) != len(history):
+            raise RequestError("ratings must be a list of numbers as long as its history")
+        if any(isinstance(r, bool) or not isinstance(r, (int, float, np.integer, np.floating)) for r in row):
+            raise RequestError("ratings must be numbers")
+        out.append([float(r) for r in row])
+    return out
 
 
 def scored_rank(model, batch: dict, k: int, candidates=None):
