@@ -52,6 +52,8 @@ def test_render_tables_show_ours_paper_and_relative_difference(rendered) -> None
         "| pop",
         "| tiger (not run)",
         "| p5 (not run)",
+        "| p5 (not run)",
+        "| p5_cid (not run)",
     ]
     bce = rows[1]
     # ours 0.0400 vs TIGER Table 1 SASRec 0.0387 -> +3.4%; 0.0500 vs 0.0605 -> -17.4%
@@ -61,8 +63,8 @@ def test_render_tables_show_ours_paper_and_relative_difference(rendered) -> None
     assert "paper 0.0454" in rows[3] and "paper 0.0163" in rows[4]
     assert "row 'SASRec (BCE, S3-Rec training)'" in beauty and "Table 1" in beauty
     assert "| pop | cpu | 0.0255 | 0.0140 | 0.0498 | 0.0220 | — | 5 s | 480 MiB |" in _section(text, "ml100k")
-    assert "p5" not in _section(text, "sports") and "paper 0.0233" in _section(text, "sports")
-    assert "No runs yet." in _section(text, "yelp")
+    assert "| p5 (not run) | — | paper 0.0061 |" in _section(text, "sports") and "paper 0.0233" in _section(text, "sports")
+    assert "| p5_cid (not run) | — | paper 0.0261 |" in _section(text, "yelp")  # paper rows only, no runs
     assert "| sasrec_bce | cpu | 0.0300 (paper 0.0318, -5.7%) |" in text  # the NDCG@10 overview
 
 
@@ -104,10 +106,34 @@ def test_papers_yaml_matches_methods_md() -> None:
     table[("P5", "beauty")] = [float(v) for v in p5.split("/")]
     papers = lb_render.load_papers()
     method_of = {"SASRec": "sasrec_bce", "TIGER": "tiger", "P5": "p5"}
-    assert len(papers.rows) == len(table)
+    assert len([r for r in papers.rows if "(TIGER)" in r.paper and r.method in method_of.values()]) >= len(table)
     for (name, dataset), values in table.items():
         row = papers.find(method_of[name], dataset)
         assert [row.values[m] for m in lb_render.METRICS] == values, (name, dataset)
+
+
+def test_papers_yaml_p5_rows_match_methods_next_md() -> None:
+    """The P5 rows of papers.yaml are the methods-next document's ("TIGER paper's P5 row", "How to Index Item
+    IDs" random and collaborative ids), HR@5 / NDCG@5 / HR@10 / NDCG@10 per dataset."""
+    doc = (METHODS_MD.parent / "methods-next.md").read_text()
+    sources = {
+        ("p5", "(TIGER)"): "| TIGER paper's P5 row",
+        ("p5", "How to Index"): '| "How to Index Item IDs" (2305.06569), random ids',
+        ("p5_cid", "How to Index"): "| same, collaborative ids",
+    }
+    papers = lb_render.load_papers()
+    checked = 0
+    for (method, source), prefix in sources.items():
+        cells = next(line for line in doc.splitlines() if line.startswith(prefix)).strip("| \n").split(" | ")[1:]
+        for dataset, cell in zip(("beauty", "sports", "toys", "yelp"), cells):
+            rows = [r for r in papers.rows if (r.method, r.dataset) == (method, dataset) and source in r.paper]
+            if cell == "-":
+                assert not rows, (method, source, dataset)
+                continue
+            assert len(rows) == 1, (method, source, dataset)
+            assert [rows[0].values[m] for m in lb_render.METRICS] == [float(v) for v in cell.split("/")]
+            checked += 1
+    assert checked == 9
 
 
 # -- the grid ----------------------------------------------------------------------------------------------------
