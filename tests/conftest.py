@@ -32,6 +32,19 @@ def _data_root():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _zoo_logger():
+    """Each test starts with the zoo logger as the previous one found it (an in-process ``zoo.run.main`` sets it up,
+    ``-q`` quiets it): no test sees another's log level."""
+    import logging
+
+    logger = logging.getLogger("zoo")
+    level, handlers = logger.level, list(logger.handlers)
+    yield
+    logger.setLevel(level)
+    logger.handlers[:] = handlers
+
+
 @pytest.fixture
 def run_root(tmp_path: Path) -> Path:
     return tmp_path / "runs"

@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, SHRINK
+from conftest import REPO, SHRINK, without_log_lines
 
 from zoo.run import main
 
 
 def run_cli(args, capsys):
+    """(exit code, stdout, stderr without the zoo's INFO log lines: what the command reported)."""
     code = main(args)
     out = capsys.readouterr()
-    return code, out.out, out.err
+    return code, out.out, without_log_lines(out.err)
 
 
 def only_run_dir(root: Path) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, SHRINK
+from conftest import REPO, SHRINK, without_log_lines
 
 import zoo.run
 from zoo.config import compose
@@ -39,8 +39,9 @@ def _own_cache(tmp_path, monkeypatch):
 
 
 def cli(args, capsys) -> tuple[int, str]:
+    """(exit code, stderr without the zoo's INFO log lines: what the command reported)."""
     code = zoo.run.main(list(args))
-    return code, capsys.readouterr().err
+    return code, without_log_lines(capsys.readouterr().err)
 
 
 def run_dirs(run_root: Path) -> list[Path]:

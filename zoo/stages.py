@@ -138,8 +138,11 @@ def resolve(
             _report(artifact)
             resolved[name] = artifact
             return artifact
-        log.warning("stage %s: %s is damaged (%s): rebuilding it", name, path, problem)
-        print(f"stage {name}: {path} is damaged ({problem}): rebuilding it", file=sys.stderr)
+        message = f"stage {name}: {path} is damaged ({problem}): rebuilding it"
+        if logging.getLogger("zoo").handlers:
+            log.warning(message)
+        else:
+            print(message, file=sys.stderr)
         rebuild = True
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     tmp.mkdir(parents=True)
@@ -231,9 +234,13 @@ def preserved_rng():
 
 
 def _report(artifact: Artifact) -> None:
-    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
-        print(f"stage {artifact.stage}: {'reused' if artifact.reused else 'built'} {artifact.path}", file=sys.stderr)
-    log.info("stage %s: %s %s", artifact.stage, "reused" if artifact.reused else "built", artifact.path)
+    """The stage line: a log line where the zoo's logs are set up (``zoo.logs``: the CLI, the benchmarks), else
+    printed to stderr, so that a library user sees it too."""
+    message = f"stage {artifact.stage}: {'reused' if artifact.reused else 'built'} {artifact.path}"
+    if logging.getLogger("zoo").handlers:
+        log.info(message)
+    elif int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        print(message, file=sys.stderr)
 
 
 def plain(section) -> Any:
