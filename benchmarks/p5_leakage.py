@@ -15,6 +15,7 @@ on Beauty, 20 clusters, as in the ``p5_cid_*`` recipes).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -88,19 +89,42 @@ def _main(argv: list[str]) -> None:
     datasets = names(args, "datasets", DATASETS)
     seed = integer(args, "seed", 0)
     started = time.time()
-    rows = {}
+    rows = _finished_rows(seed)  # a re-run does only the datasets not yet in the result
     for name in datasets:
+        if name in rows:
+            print(name, "already in the result: skipped", flush=True)
+            continue
         corpus = load_corpus(DataConfig(name=name, root=args["root"]))
-        rows[name] = {"num_items": corpus.num_items, "chance": 1.0 / corpus.num_items}
+        row = {"num_items": corpus.num_items, "chance": 1.0 / corpus.num_items}
         for indexing in INDEXINGS:
             t = time.time()
             ids, _ = build_index(corpus, indexing, seed, TOKEN_SIZE.get(name, 200), 20)
-            rows[name][indexing] = {**rule_hits(corpus, ids), "index_s": round(time.time() - t, 2)}
-            print(name, indexing, rows[name][indexing], flush=True)
-        rows[name]["p5_original"] = rule_hits(corpus, p5_original_index(corpus))
-        print(name, "p5_original", rows[name]["p5_original"], flush=True)
-    payload = {"rule": "next item = the id after the largest id seen", "seed": seed, "results": rows}
-    print(write_result("p5_leakage", payload, started))
+            row[indexing] = {**rule_hits(corpus, ids), "index_s": round(time.time() - t, 2)}
+            print(name, indexing, row[indexing], flush=True)
+        row["p5_original"] = rule_hits(corpus, p5_original_index(corpus))
+        print(name, "p5_original", row["p5_original"], flush=True)
+        rows[name] = row
+        missing = [d for d in DATASETS if d not in rows]
+        payload = {
+            "rule": "next item = the id after the largest id seen",
+            "seed": seed,
+            "complete": not missing,
+            "missing_datasets": missing,
+            "results": rows,
+        }
+        print(write_result("p5_leakage", payload, started), flush=True)  # each dataset recorded as it finishes
+
+
+def _finished_rows(seed: int) -> dict:
+    """The datasets of an earlier run of the same seed (its result file), so an interrupted run resumes."""
+    from benchmarks.common import RESULTS_DIR
+
+    path = RESULTS_DIR / "p5_leakage.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return dict(record.get("results") or {}) if record.get("seed") == seed and "complete" in record else {}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -189,7 +189,9 @@ def test_load_recommends_the_test_loops_top_k(model_name, tmp_path, one_thread, 
     with torch.no_grad(), rec._testing():
         if model.task == "ctr":
             clicks = torch.sigmoid(model.predict(batch)).tolist()
-            rows = zip(batch["user"].tolist(), batch["item"].tolist(), clicks, batch["history"], batch["history_rating"])
+            rows = zip(
+                batch["user"].tolist(), batch["item"].tolist(), clicks, batch["history"], batch["history_rating"]
+            )
             for user, item, p, history, rated in list(rows)[:4]:  # the row's own history and ratings
                 kept = history > 0
                 ranked = rec.recommend(
@@ -213,9 +215,7 @@ def test_load_recommends_the_test_loops_top_k(model_name, tmp_path, one_thread, 
             top = scores.topk(k, dim=1)
             expected, expected_scores = top.indices.tolist(), top.values.tolist()
     rows = len(batch["target"])
-    histories = [
-        [corpus.item_ids[i] for i in corpus.items[examples.start[r] : examples.end[r]]] for r in range(rows)
-    ]
+    histories = [[corpus.item_ids[i] for i in corpus.items[examples.start[r] : examples.end[r]]] for r in range(rows)]
     users = [corpus.user_ids[u] for u in examples.user[:rows]]
     got = rec.recommend(histories, k=k, exclude_seen=False, user=users)
     for r in range(rows):

@@ -63,7 +63,9 @@ def test_render_tables_show_ours_paper_and_relative_difference(rendered) -> None
     assert "paper 0.0454" in rows[3] and "paper 0.0163" in rows[4]
     assert "row 'SASRec (BCE, S3-Rec training)'" in beauty and "Table 1" in beauty
     assert "| pop | cpu | 0.0255 | 0.0140 | 0.0498 | 0.0220 | — | 5 s | 480 MiB |" in _section(text, "ml100k")
-    assert "| p5 (not run) | — | paper 0.0061 |" in _section(text, "sports") and "paper 0.0233" in _section(text, "sports")
+    assert "| p5 (not run) | — | paper 0.0061 |" in _section(text, "sports") and "paper 0.0233" in _section(
+        text, "sports"
+    )
     assert "| p5_cid (not run) | — | paper 0.0261 |" in _section(text, "yelp")  # paper rows only, no runs
     assert "| sasrec_bce | cpu | 0.0300 (paper 0.0318, -5.7%) |" in text  # the NDCG@10 overview
 
