@@ -127,3 +127,19 @@ def track(
 
 def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def read_lines(f, path, desc: str, log: logging.Logger | None = None, every: int = 20000) -> Iterator[str]:
+    """The lines of the open text file ``f`` (plain or gzip) with progress in bytes of ``path`` read so far (the
+    compressed bytes of a .gz file), so a long parse shows its rate and ETA."""
+    import os
+
+    raw = getattr(getattr(f, "buffer", None), "fileobj", None) or getattr(f, "buffer", None)
+    total = os.path.getsize(path) if os.path.isfile(path) else None
+    with Progress(total, desc, "B", log) as progress:
+        for n, line in enumerate(f, start=1):
+            if n % every == 0 and raw is not None:
+                progress.update(raw.tell() - progress.done)
+            yield line
+        if total:
+            progress.update(total - progress.done)

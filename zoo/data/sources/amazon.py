@@ -43,6 +43,7 @@ from zoo.data.sources.seqfile import (
     read_item_map,
 )
 from zoo.errors import DataError
+from zoo.progress import read_lines
 from zoo.registry import SOURCES
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ def read_reviews(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     """(reviewer ids, ASINs, unix times) of a reviews JSON-lines file (gzip or plain), in file order."""
     users, items, times = [], [], []
     with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
+        for lineno, line in enumerate(read_lines(f, path, f"reading {Path(path).name}", log), start=1):
             if not line.strip():
                 continue
             try:
@@ -190,7 +191,7 @@ def read_meta(path: Path, asins: set[str]) -> dict[str, dict]:
     never ``eval``); only lines whose ASIN is wanted are parsed, which keeps this fast on large categories."""
     meta: dict[str, dict] = {}
     with _open_text(path) as f:
-        for lineno, line in enumerate(f, start=1):
+        for lineno, line in enumerate(read_lines(f, path, f"reading {Path(path).name}", log), start=1):
             if not line.strip():
                 continue
             found = _ASIN.search(line)
