@@ -53,15 +53,15 @@ class ChatServer:
                     server.auth.append(self.headers.get("Authorization"))
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    self.answer(payload)
+                try:  # the request counts as in flight while it is worked on, not while its answer is written:
+                    if delay is not None:  # a client sending one at a time never sees two
+                        time.sleep(delay(payload["messages"][-1]["content"]))
                 finally:
                     with lock:
                         server.in_flight -= 1
+                self.answer(payload)
 
             def answer(self, payload: dict) -> None:
-                if delay is not None:
-                    time.sleep(delay(payload["messages"][-1]["content"]))
                 if self.path != "/v1/chat/completions":
                     self.send_response(404)
                     self.end_headers()
@@ -222,7 +222,7 @@ def test_concurrent_requests_overlap_and_results_keep_the_input_order(tmp_path) 
         assert server.max_in_flight == 4
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert sorted(r["key"] for r in lines) == keys  # one whole record per text, in the order they arrived
-    with ChatServer() as server:
+    with ChatServer(delay=lambda prompt: 0.05) as server:  # long enough that concurrent requests would overlap
         assert HTTPChatGenerator(server.url, "m", concurrency=1).generate(prompts) == [f"echo: {p}" for p in prompts]
         assert server.max_in_flight == 1
     with pytest.raises(ConfigError, match="concurrency"):
