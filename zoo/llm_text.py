@@ -160,14 +160,19 @@ class HFTextGenerator:
     """Batched greedy generation with a local causal LM (``zoo.modules.llm.LLMConfig`` names it: a Hugging Face
     name or folder, a GGUF file, or ``smollm2-135m`` offline), left-padded prompts and the model's KV cache
     (``generate``), the tokenizer's chat template when it has one. ``generated_tokens`` counts the new tokens
-    (up to and including EOS) for throughput reports."""
+    (up to and including EOS) for throughput reports. ``repetition_penalty`` (1.0: none) and ``no_repeat_ngram``
+    (0: none) keep a small model's greedy decoding from repeating one phrase to the token limit (KAR's knowledge
+    stage sets them and keeps them in its cache key)."""
 
-    def __init__(self, llm_cfg, max_new_tokens: int = 128) -> None:
+    def __init__(
+        self, llm_cfg, max_new_tokens: int = 128, repetition_penalty: float = 1.0, no_repeat_ngram: int = 0
+    ) -> None:
         from zoo.modules.llm import CausalLMBackbone
-        # batched by ``generate_cached(batch_size=...)``: one left-padded batch per ``generate`` call
 
+        # batched by ``generate_cached(batch_size=...)``: one left-padded batch per ``generate`` call
         self.backbone = CausalLMBackbone(llm_cfg).eval()
         self.max_new_tokens = max_new_tokens
+        self.repetition_penalty, self.no_repeat_ngram = float(repetition_penalty), int(no_repeat_ngram)
         self.generated_tokens = 0
 
     def _text(self, prompt: str) -> str:
@@ -188,6 +193,9 @@ class HFTextGenerator:
         batch = pack_left(ids, None, self.backbone.pad_token_id)
         model = self.backbone.model
         device = next(model.parameters()).device
+        extra = {"repetition_penalty": self.repetition_penalty} if self.repetition_penalty != 1.0 else {}
+        if self.no_repeat_ngram > 0:
+            extra["no_repeat_ngram_size"] = self.no_repeat_ngram
         with torch.no_grad():
             out = model.generate(
                 input_ids=batch.input_ids.to(device),
@@ -197,6 +205,7 @@ class HFTextGenerator:
                 use_cache=True,
                 eos_token_id=self.backbone.eos_token_id,
                 pad_token_id=self.backbone.pad_token_id,
+                **extra,
             )
         new = out[:, batch.input_ids.shape[1] :].cpu()
         ended = new == self.backbone.eos_token_id

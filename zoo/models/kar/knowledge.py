@@ -142,42 +142,11 @@ def item_prompts(corpus: Corpus, spec: dict) -> tuple[list[str], list[str]]:
 
 
 class PenalizedHFGenerator(HFTextGenerator):
-    """``HFTextGenerator`` (batched greedy decoding, left padding, KV cache) with a repetition penalty and a
-    no-repeat n-gram size: greedy decoding of a 135M model otherwise repeats one phrase to the token limit."""
+    """``HFTextGenerator`` with KAR's defaults: repetition penalty 1.3 and no repeated 3-grams (greedy decoding of a
+    135M model otherwise repeats one phrase to the token limit)."""
 
     def __init__(self, llm_cfg, max_new_tokens: int = 128, repetition_penalty: float = 1.3, no_repeat_ngram: int = 3):
-        super().__init__(llm_cfg, max_new_tokens)
-        self.repetition_penalty, self.no_repeat_ngram = float(repetition_penalty), int(no_repeat_ngram)
-
-    def generate(self, prompts: Sequence[str]) -> list[str]:
-        import torch
-
-        from zoo.data.prompts import pack_left
-
-        tok = self.backbone.tokenizer
-        ids = [list(tok(self._text(p), add_special_tokens=False)["input_ids"]) for p in prompts]
-        batch = pack_left(ids, None, self.backbone.pad_token_id)
-        model = self.backbone.model
-        device = next(model.parameters()).device
-        extra = {"repetition_penalty": self.repetition_penalty} if self.repetition_penalty != 1.0 else {}
-        if self.no_repeat_ngram > 0:
-            extra["no_repeat_ngram_size"] = self.no_repeat_ngram
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=batch.input_ids.to(device),
-                attention_mask=batch.attention_mask.to(device),
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
-                use_cache=True,
-                eos_token_id=self.backbone.eos_token_id,
-                pad_token_id=self.backbone.pad_token_id,
-                **extra,
-            )
-        new = out[:, batch.input_ids.shape[1] :].cpu()
-        ended = new == self.backbone.eos_token_id
-        after_eos = (ended.long().cumsum(dim=1) - ended.long()) > 0
-        self.generated_tokens += int((~after_eos).sum())
-        return [tok.decode(row, skip_special_tokens=True).strip() for row in new]
+        super().__init__(llm_cfg, max_new_tokens, repetition_penalty, no_repeat_ngram)
 
 
 def generation_settings(m) -> dict:
