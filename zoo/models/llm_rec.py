@@ -68,6 +68,14 @@ def encode_prompts(
     """Add teacher-forcing tensors (``prompts`` + target title) and prompt-only tensors for generation
     (``eval_prompts``, default the same prompts) to ``batch``."""
     responses = [titles.response(t) for t in batch["target"].tolist()]
+    return pack_prompts(batch, prompts, responses, pad_id, eval_prompts)
+
+
+def pack_prompts(
+    batch: dict, prompts: list[list[int]], responses: list[list[int]], pad_id: int, eval_prompts=None
+) -> dict:
+    """Add ``input_ids`` / ``attention_mask`` / ``labels`` (left-padded prompt + response, labels on the response
+    only) and ``prompt_ids`` / ``prompt_mask`` (``eval_prompts``, default the prompts alone) to ``batch``."""
     full = pack_left(prompts, responses, pad_id)
     prompt_only = pack_left(prompts if eval_prompts is None else eval_prompts, None, pad_id)
     batch.update(

@@ -35,9 +35,8 @@ from torch.utils.data import Dataset
 
 from zoo.data.corpus import Corpus
 from zoo.data.datamodule import DataSpec, ShardedDataModule
-from zoo.data.prompts import pack_left
 from zoo.errors import ConfigError, DataError
-from zoo.models.llm_rec import LLMRec, LLMRecConfig, encode_prompts
+from zoo.models.llm_rec import LLMRec, LLMRecConfig, encode_prompts, pack_prompts
 from zoo.modules.llm import INJECT
 from zoo.modules.text_encoder import DEFAULT_ENCODER
 from zoo.modules.user_embedding import UserEmbeddingConfig, UserEmbeddingModule, rating_levels
@@ -388,16 +387,7 @@ class GenrePromptEncoder:
             middles = [self.text_history(h, r) for h, r in zip(history.tolist(), levels.tolist())]
         prompts = [self.head + mid + self.tail for mid in middles]
         responses = [self.response(row) for row in batch["labels_multi"].tolist()]
-        full = pack_left(prompts, responses, self.pad_id)
-        prompt_only = pack_left(prompts, None, self.pad_id)
-        batch.update(
-            input_ids=full.input_ids,
-            attention_mask=full.attention_mask,
-            labels=full.labels,
-            prompt_ids=prompt_only.input_ids,
-            prompt_mask=prompt_only.attention_mask,
-        )
-        return batch
+        return pack_prompts(batch, prompts, responses, self.pad_id)
 
 
 @MODELS.register("uem_genres")
