@@ -41,11 +41,13 @@ class CycleModel:
         self.num_items, self.delay, self.refuse, self.broken = num_items, delay, refuse, broken
         self.batch_sizes: list[int] = []
         self.users: list = []
+        self.ratings: list = []
         self.busy = False
         self.overlapped = False
 
-    def recommend(self, history, k=10, exclude_seen=True, user=None):
+    def recommend(self, history, k=10, exclude_seen=True, user=None, ratings=None):
         batched = bool(history) and isinstance(history[0], list)
+        self.ratings.append(ratings)
         if self.busy:
             self.overlapped = True
         self.busy = True
@@ -156,6 +158,17 @@ def test_user_ids_reach_the_model(served):
     assert model.users[-1] is None
 
 
+def test_ratings_reach_the_model(served):
+    model, client = served
+    assert client.post("/recommend", json={"history": ["101", "102"], "ratings": [5, 3.5]}).status_code == 200
+    assert model.ratings[-1] == [[5.0, 3.5]]
+    body = {"histories": [["101"], ["102", "103"]], "ratings": [[4], [1, 2]]}
+    assert client.post("/recommend", json=body).status_code == 200
+    assert model.ratings[-1] == [[4.0], [1.0, 2.0]]
+    assert client.post("/recommend", json={"history": ["101"]}).status_code == 200
+    assert model.ratings[-1] is None
+
+
 BAD_REQUESTS = [
     # (body as sent, status, a fragment of the one-line message)
     (b'{"history": ["101",', 400, "malformed JSON"),
@@ -178,6 +191,10 @@ BAD_REQUESTS = [
     (b'{"history": ["101"], "topk": 5}', 422, "unknown field 'topk'"),
     (b'{"histories": [["101"]], "users": ["a", "b"]}', 422, "2 users for 1 histories"),
     (b'{"history": ["101"], "users": ["a"]}', 422, "'user' goes with 'history'"),
+    (b'{"history": ["101", "102"], "ratings": [5]}', 422, "one rating per history item"),
+    (b'{"history": ["101"], "ratings": [[5]]}', 422, "a list of numbers with 'history'"),
+    (b'{"histories": [["101"]], "ratings": [5]}', 422, "a list of such lists with 'histories'"),
+    (b'{"history": ["101"], "ratings": ["high"]}', 422, "ratings"),
 ]
 
 

@@ -72,6 +72,7 @@ if _MISSING is None:
         exclude_seen: StrictBool = True
         user: RawId | None = None  # the raw user id of ``history`` (CTR models rank items for a known user)
         users: list[RawId | None] | None = None  # one per entry of ``histories``
+        ratings: list[float] | list[list[float]] | None = None  # CTR models: the ratings of the history's items
 
 
 class BodyLimit:
@@ -137,11 +138,16 @@ class MicroBatcher:
         self.histories = 0
 
     async def recommend(
-        self, histories: list[list[str]], k: int, exclude_seen: bool, users: list | None = None
+        self,
+        histories: list[list[str]],
+        k: int,
+        exclude_seen: bool,
+        users: list | None = None,
+        ratings: list | None = None,
     ) -> list[list[dict]]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append((histories, k, exclude_seen, users, future))
+        self._pending.append((histories, k, exclude_seen, users, ratings, future))
         if not self._draining:
             self._draining = True
             loop.create_task(self._drain())
@@ -157,8 +163,9 @@ class MicroBatcher:
                     size += len(taken[-1][0])
                 groups: dict[tuple[int, bool, bool], list] = {}
                 for request in taken:
-                    groups.setdefault((request[1], request[2], request[3] is not None), []).append(request)
-                for (k, exclude_seen, _), requests in groups.items():
+                    key = (request[1], request[2], request[3] is not None, request[4] is not None)
+                    groups.setdefault(key, []).append(request)
+                for (k, exclude_seen, _, _), requests in groups.items():
                     await self._run_group(loop, requests, k, exclude_seen)
         finally:
             self._draining = False
@@ -166,30 +173,35 @@ class MicroBatcher:
     async def _run_group(self, loop, requests: list, k: int, exclude_seen: bool) -> None:
         merged = [h for histories, *_ in requests for h in histories]
         users = None if requests[0][3] is None else [u for request in requests for u in request[3]]
+        ratings = None if requests[0][4] is None else [r for request in requests for r in request[4]]
         try:
-            lists = await loop.run_in_executor(self._executor, self._call, merged, k, exclude_seen, users)
+            lists = await loop.run_in_executor(self._executor, self._call, merged, k, exclude_seen, users, ratings)
         except RequestError as err:
             if len(requests) == 1:
-                _settle(requests[0][4], error=err)
+                _settle(requests[0][5], error=err)
                 return
             for request in requests:  # find the request that was refused
                 await self._run_group(loop, [request], k, exclude_seen)
             return
         except Exception as err:  # noqa: BLE001 - handed to each waiting request, answered as a 500
             for request in requests:
-                _settle(request[4], error=err)
+                _settle(request[5], error=err)
             return
         start = 0
-        for histories, _, _, _, future in requests:
+        for histories, *_, future in requests:
             _settle(future, result=lists[start : start + len(histories)])
             start += len(histories)
 
-    def _call(self, histories: list[list[str]], k: int, exclude_seen: bool, users: list | None) -> list[list[dict]]:
+    def _call(
+        self, histories: list[list[str]], k: int, exclude_seen: bool, users: list | None, ratings: list | None = None
+    ) -> list[list[dict]]:
         import torch
 
         self.calls += 1
         self.histories += len(histories)
         extra = {} if users is None else {"user": users}
+        if ratings is not None:
+            extra["ratings"] = ratings
         with torch.inference_mode():  # thread-local: entered on the worker thread itself
             lists = self.model.recommend(histories, k=k, exclude_seen=exclude_seen, **extra)
         return [[_plain(entry) for entry in entries] for entries in lists]
@@ -232,7 +244,7 @@ def _one_line(exc: RequestValidationError) -> tuple[int, str]:
     if not where and first.get("type") in ("model_attributes_type", "dict_type"):
         return 422, 'expected a JSON object, such as {"history": ["1", "2"], "k": 10}'
     if first.get("type") == "extra_forbidden":
-        return 422, f"unknown field '{where}'; expected history or histories, k, exclude_seen, user or users"
+        return 422, f"unknown field '{where}'; expected history or histories, k, exclude_seen, user or users, ratings"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return 422, f"{where or 'body'}: {first.get('msg', 'invalid')}{more}"
 
@@ -333,8 +345,16 @@ def create_app(model, max_body: int = DEFAULT_MAX_BODY, max_k: int = DEFAULT_MAX
         if users is not None and len(users) != len(histories):
             return _error(422, f"{len(users)} users for {len(histories)} histories")
         users = None if users is None else [None if u is None else str(u) for u in users]
+        ratings = body.ratings
+        if ratings is not None:
+            nested = bool(ratings) and all(isinstance(r, list) for r in ratings)
+            if nested != batched:
+                return _error(422, "'ratings': a list of numbers with 'history', a list of such lists with 'histories'")
+            ratings = ratings if batched else [ratings]
+            if len(ratings) != len(histories) or any(len(r) != len(h) for r, h in zip(ratings, histories)):
+                return _error(422, "'ratings' must hold one rating per history item")
         try:
-            lists = await batcher.recommend(histories, body.k, body.exclude_seen, users)
+            lists = await batcher.recommend(histories, body.k, body.exclude_seen, users, ratings)
         except RequestError as err:
             return _error(422, str(err).splitlines()[0] if str(err) else "invalid request")
         except Exception as err:  # noqa: BLE001 - a fault of the model: a 500 line, and the server goes on
