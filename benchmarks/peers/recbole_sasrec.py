@@ -8,18 +8,21 @@ rows; a step is 256 of them, ~380 steps an epoch), the zoo one row per user with
 rows; the recipe's ``data.train_len: 300`` cuts long histories into windows so that 95% of RecBole's pairs are
 trained; a step is ``zoo_batch_size`` users; the zoo's model is built by ``zoo.build``). RecBole runs in its own
 venv (it does not import under numpy 2), as a subprocess running this same file by path with ``--recbole-worker``
-and a JSON spec (that venv has no zoo, so the worker reads no other arguments); its epochs are capped
-(``recbole_epochs``) to fit the time budget.
+and a JSON spec (that venv has no zoo, so the worker reads no other arguments). RecBole trains to convergence:
+its own early stopping (``patience`` validations without a better NDCG@10) ends it; ``recbole_epochs=N`` caps it.
 
-Writes ``benchmarks/results/peer_sasrec_ml100k.json``: per side, per seed time per epoch, wall time to the best
-validation NDCG@10, test Recall@10 / NDCG@10; mean and standard deviation over seeds; and how many test targets
-of the two splits agree (equal timestamps may be ordered differently). The defaults take about 90 minutes at one
-thread (RecBole ~220 s an epoch, 6 epochs x 3 seeds; the zoo at most 8 minutes a seed). Run it as a module from
-the repository root (the package installed; build the venv first with ``bash benchmarks/peers/setup_recbole_env.sh``):
+Writes ``benchmarks/results/peer_sasrec_ml100k_converged.json``: per side, per seed time per epoch, wall time to
+the best validation NDCG@10, test Recall@10 / NDCG@10; mean and standard deviation over seeds; and how many test targets
+of the two splits agree (equal timestamps may be ordered differently). Resumable at seed granularity: every finished
+seed of either side is written to the result at once (``complete: false`` and ``missing`` list the rest), and a
+re-run with the same settings does only the missing seeds (other settings are refused; ``fresh=true`` starts
+over). Converged RecBole takes 1-2 hours a seed on a 2-core machine (issue #21 measured 4,770 s and 4,708 s);
+the zoo at most 8 minutes a seed. Run it as a module from the repository root (the package installed; build the
+venv first with ``bash benchmarks/peers/setup_recbole_env.sh``):
 
     nohup python -m benchmarks.peers.recbole_sasrec [seeds=0,1,2] [recbole_seeds=SEEDS] [zoo_batch_size=6]
-        [recbole_epochs=6] [zoo_epochs=300] [patience=10] [zoo_patience=20] [zoo_max_minutes=8] [threads=1]
-        [name=peer_sasrec_ml100k] > /tmp/peer.log 2>&1 &
+        [recbole_epochs=0 (no cap)] [zoo_epochs=300] [patience=10] [zoo_patience=20] [zoo_max_minutes=8] [threads=1]
+        [name=peer_sasrec_ml100k_converged] [fresh=false] > /tmp/peer.log 2>&1 &
 
 ``recbole_seeds`` defaults to ``seeds``; ``patience`` is the early stopping of both sides, in validations
 (``zoo_patience`` the zoo's: its epochs are 4 steps); ``threads`` the torch threads of both sides.
@@ -304,30 +307,35 @@ class PeerArgs:
     zoo_max_minutes: int  # cap on the zoo's training time per seed
     threads: int  # torch threads, both sides (1 is faster when shared)
     name: str
+    fresh: bool = False  # ignore the finished seeds of an existing result of the same name
 
 
 def parse_args(argv: list[str]) -> PeerArgs:
-    from benchmarks.common import integer, integers, key_values
+    from benchmarks.common import flag, integer, integers, key_values
 
     defaults = {
         "seeds": "0,1,2",
         "recbole_seeds": "",
         "zoo_batch_size": 6,
-        "recbole_epochs": 6,
+        "recbole_epochs": 0,
         "zoo_epochs": 300,
         "patience": 10,
         "zoo_patience": 20,
         "zoo_max_minutes": 8,
         "threads": 1,
-        "name": "peer_sasrec_ml100k",
+        "name": "peer_sasrec_ml100k_converged",  # peer_sasrec_ml100k.json: the earlier 6-epoch-capped run
+        "fresh": "false",
     }
     values = key_values(argv, defaults)
     whole = ("zoo_batch_size", "recbole_epochs", "zoo_epochs", "patience", "zoo_patience", "zoo_max_minutes", "threads")
-    counts = {key: integer(values, key, minimum=0 if "patience" in key else 1) for key in whole}
+    counts = {
+        key: integer(values, key, minimum=0 if "patience" in key or key == "recbole_epochs" else 1) for key in whole
+    }
     return PeerArgs(
         seeds=integers(values, "seeds", minimum=0),
         recbole_seeds=integers(values, "recbole_seeds", minimum=0) if values["recbole_seeds"] else None,
         name=str(values["name"]),
+        fresh=flag(values, "fresh"),
         **counts,
     )
 
@@ -338,50 +346,101 @@ def main(argv: list[str] | None = None) -> int:
     return cli(_main, __doc__, argv)
 
 
+# what a stored result must share with this invocation for its finished seeds to be reused
+RESUME_KEYS = (
+    "recbole_epochs",
+    "zoo_batch_size",
+    "zoo_epochs",
+    "patience",
+    "zoo_patience",
+    "zoo_max_minutes",
+    "threads",
+)
+NO_CAP_EPOCHS = 10_000  # recbole_epochs=0: RecBole's own early stopping ends the run
+
+
+def resume_state(path: Path, args: PeerArgs) -> dict:
+    """Finished seeds of an earlier run of the same benchmark (``results/<name>.json``), by side: a re-run does
+    only the missing seeds. A stored result made with other settings is refused in one line (``fresh=true``
+    starts over)."""
+    from zoo.errors import ConfigError
+
+    state: dict = {"zoo": {}, "recbole": {}, "split_check": {}, "elapsed_s": 0.0}
+    if args.fresh or not path.is_file():
+        return state
+    try:
+        stored = json.loads(path.read_text())
+        settings = stored["resume"]
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(
+            f"{path} is not a resumable result of this benchmark: pass fresh=true to start over"
+        ) from None
+    mine = {key: getattr(args, key) for key in RESUME_KEYS}
+    differ = [f"{key}={settings.get(key)} (now {value})" for key, value in mine.items() if settings.get(key) != value]
+    if differ:
+        raise ConfigError(f"{path} was made with " + ", ".join(differ) + ": pass fresh=true or another name=")
+    for side in ("zoo", "recbole"):
+        state[side] = {int(run["seed"]): run for run in stored[side]["runs"]}
+    state["split_check"] = stored.get("split_check") or {}
+    state["elapsed_s"] = float(stored.get("wall_time_s", 0.0))
+    return state
+
+
 def _main(argv: list[str]) -> None:
     import torch
 
-    from benchmarks.common import write_result
+    from benchmarks.common import RESULTS_DIR, write_result
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    started = time.time()
+    path = RESULTS_DIR / f"{args.name}.json"
+    state = resume_state(path, args)
+    started = time.time() - state["elapsed_s"]  # wall time summed over the sessions that made the result
     load_before = os.getloadavg()[0]
-    zoo_runs, recbole_runs = [], []
-    split_check: dict = {}
+    recbole_seeds = args.recbole_seeds if args.recbole_seeds is not None else args.seeds
+    max_epochs = args.recbole_epochs or NO_CAP_EPOCHS
     with tempfile.TemporaryDirectory() as tmp:
         targets_file = Path(tmp) / "recbole_targets.json"
-        recbole_seeds = args.recbole_seeds if args.recbole_seeds is not None else args.seeds
-        # RecBole first: it is the expensive side, and a run cut short still has both sides of the first seed.
+        # RecBole first: it is the expensive side. Every finished seed (either side) is written at once, so a run
+        # cut short leaves its finished seeds on disk, marked incomplete, and a re-run does only the rest.
         order = [("recbole", s) for s in recbole_seeds] + [("zoo", s) for s in args.seeds]
         for side, seed in order:
+            if seed in state[side]:
+                print(f"{side} seed {seed}: already in {path.name}, skipped", flush=True)
+                continue
             if side == "recbole":
-                first = targets_file if not recbole_runs else None
-                recbole_runs.append(run_recbole(seed, args.recbole_epochs, args.patience, args.threads, first))
-                print("recbole", json.dumps(recbole_runs[-1]), flush=True)
+                first = targets_file if not state["split_check"] else None
+                run = run_recbole(seed, max_epochs, args.patience, args.threads, first)
                 if first is not None:
                     theirs, ours = json.loads(targets_file.read_text()), zoo_test_targets()
                     agree = sum(theirs.get(u) == item for u, item in ours.items())
-                    split_check = {"users": len(ours), "recbole_users": len(theirs), "same_test_target": agree}
-                continue
-            zoo_runs.append(
-                run_zoo(seed, args.zoo_epochs, args.zoo_patience, args.zoo_max_minutes, args.zoo_batch_size)
-            )
-            print("zoo", json.dumps(zoo_runs[-1]), flush=True)
-            # written after every zoo seed, so a run cut short still leaves its finished seeds on disk
-            payload = build_payload(args, zoo_runs, recbole_runs, split_check, load_before)
-            path = write_result(args.name, payload, started)
+                    state["split_check"] = {"users": len(ours), "recbole_users": len(theirs), "same_test_target": agree}
+            else:
+                run = run_zoo(seed, args.zoo_epochs, args.zoo_patience, args.zoo_max_minutes, args.zoo_batch_size)
+            state[side][seed] = run
+            print(side, json.dumps(run), flush=True)
+            path = write_result(args.name, build_payload(args, state, recbole_seeds, load_before), started, RESULTS_DIR)
     print(f"wrote {path}")
 
 
-def build_payload(args, zoo_runs: list[dict], recbole_runs: list[dict], split_check: dict, load: float) -> dict:
-    zoo_summary, recbole_summary = aggregate(zoo_runs), aggregate(recbole_runs)
+def build_payload(args, state: dict, recbole_seeds: list[int], load: float) -> dict:
+    zoo_runs = [state["zoo"][s] for s in args.seeds if s in state["zoo"]]
+    recbole_runs = [state["recbole"][s] for s in recbole_seeds if s in state["recbole"]]
+    zoo_summary = aggregate(zoo_runs) if zoo_runs else {}
+    recbole_summary = aggregate(recbole_runs) if recbole_runs else {}
+    max_epochs = args.recbole_epochs or NO_CAP_EPOCHS
+    both = zoo_summary and recbole_summary
     return {
         "dataset": "ml100k",
         "settings": SETTINGS,
         "zoo_seeds": args.seeds,
-        "recbole_seeds": args.recbole_seeds if args.recbole_seeds is not None else args.seeds,
-        "complete": len(zoo_runs) == len(args.seeds),
+        "recbole_seeds": recbole_seeds,
+        "complete": len(zoo_runs) == len(args.seeds) and len(recbole_runs) == len(recbole_seeds),
+        "missing": {
+            "zoo": [s for s in args.seeds if s not in state["zoo"]],
+            "recbole": [s for s in recbole_seeds if s not in state["recbole"]],
+        },
+        "resume": {key: getattr(args, key) for key in RESUME_KEYS},
         "torch_threads": args.threads,
         "zoo": {
             "recipe": "sasrec_ml100k",
@@ -396,14 +455,14 @@ def build_payload(args, zoo_runs: list[dict], recbole_runs: list[dict], split_ch
         "recbole": {
             "version": "1.2.1",
             "train_mode": "one example per prefix (RecBole's data augmentation; an epoch is ~380 steps)",
-            "max_epochs_cap": args.recbole_epochs,
-            "epochs_capped": True,
-            "stopped_early": [r["epochs_run"] < args.recbole_epochs for r in recbole_runs],
+            "max_epochs_cap": args.recbole_epochs or None,
+            "epochs_capped": bool(args.recbole_epochs),
+            "stopped_early": [r["epochs_run"] < max_epochs for r in recbole_runs],
             "early_stopping_patience": args.patience,
             "summary": recbole_summary,
             "runs": recbole_runs,
         },
-        "split_check": split_check,
+        "split_check": state["split_check"],
         # the same validation quality for both: the lower of the two sides' mean best validation NDCG@10
         "time_to_common_val_ndcg@10": _common_threshold(zoo_runs, recbole_runs),
         "ratio": {
@@ -411,7 +470,9 @@ def build_payload(args, zoo_runs: list[dict], recbole_runs: list[dict], split_ch
             / recbole_summary["test_ndcg@10"]["mean"],
             "time_to_best_zoo_over_recbole": zoo_summary["time_to_best_val_s"]["mean"]
             / recbole_summary["time_to_best_val_s"]["mean"],
-        },
+        }
+        if both
+        else {},
         "load_avg_1m_at_start": round(load, 2),
         "note": "2-core machine shared with other jobs: the load average is recorded; timings are noisy.",
     }

@@ -1,0 +1,94 @@
+"""The RecBole peer benchmark resumes at seed granularity: a run cut short keeps its finished seeds (marked
+incomplete), a re-run does only the missing ones and ends with what an uninterrupted run writes. The two sides'
+training is replaced by deterministic fakes (RecBole needs its own venv and an hour a seed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks import common
+from benchmarks.peers import recbole_sasrec as peer
+from zoo.errors import ConfigError
+
+
+def fake_run(side: str, calls: list):
+    def run(seed, *rest):
+        calls.append((side, seed))
+        epochs = [
+            {"train_s": 1.0, "val_s": 0.5, "val_ndcg10": 0.01 * (seed + e), "end_s": 1.5 * (e + 1)} for e in range(3)
+        ]
+        raw = {"seed": seed, "setup_s": 0.1, "fit_s": 4.5, "train_rows": 10}
+        return peer.summarise_run(epochs, 0.1 + seed / 100, 0.05 + seed / 1000, raw)
+
+    return run
+
+
+@pytest.fixture
+def fakes(monkeypatch, tmp_path):
+    calls: list = []
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(peer, "run_zoo", fake_run("zoo", calls))
+    monkeypatch.setattr(peer, "zoo_test_targets", lambda: {"1": "a", "2": "b"})
+
+    def recbole(seed, max_epochs, patience, threads, targets_path):
+        if targets_path is not None:
+            targets_path.write_text(json.dumps({"1": "a", "2": "c"}))
+        calls.append(("cap", max_epochs))
+        return fake_run("recbole", calls)(seed)
+
+    monkeypatch.setattr(peer, "run_recbole", recbole)
+    return calls, tmp_path
+
+
+def strip(result: dict) -> dict:
+    return {
+        k: v
+        for k, v in result.items()
+        if k
+        not in ("name", "created", "wall_time_s", "git_commit", "hardware", "peak_memory_mb", "load_avg_1m_at_start")
+    }
+
+
+def test_resume_does_only_the_missing_seeds(fakes, monkeypatch):
+    calls, results = fakes
+    peer._main(["seeds=0,1", "name=whole"])
+    whole = json.loads((results / "whole.json").read_text())
+    assert whole["complete"] and whole["recbole"]["epochs_capped"] is False
+    assert ("cap", peer.NO_CAP_EPOCHS) in calls  # no epoch cap by default: RecBole's early stopping ends it
+    assert whole["split_check"] == {"users": 2, "recbole_users": 2, "same_test_target": 1}
+
+    calls.clear()
+    real_zoo = peer.run_zoo
+
+    def dies_on_second_zoo_seed(seed, *rest):
+        if seed == 1:
+            raise KeyboardInterrupt  # the machine went away
+        return real_zoo(seed, *rest)
+
+    monkeypatch.setattr(peer, "run_zoo", dies_on_second_zoo_seed)
+    with pytest.raises(KeyboardInterrupt):
+        peer._main(["seeds=0,1", "name=cut"])
+    partial = json.loads((results / "cut.json").read_text())
+    assert partial["complete"] is False and partial["missing"] == {"zoo": [1], "recbole": []}
+    assert [r["seed"] for r in partial["recbole"]["runs"]] == [0, 1]
+
+    monkeypatch.setattr(peer, "run_zoo", real_zoo)
+    calls.clear()
+    peer._main(["seeds=0,1", "name=cut"])
+    assert calls == [("zoo", 1)]  # nothing finished is run again
+    resumed = json.loads((results / "cut.json").read_text())
+    assert strip(resumed) == strip(whole)
+
+
+def test_resume_refuses_other_settings(fakes):
+    _, results = fakes
+    peer._main(["seeds=0", "name=r"])
+    with pytest.raises(ConfigError, match="patience=10 \\(now 3\\)"):
+        peer._main(["seeds=0", "name=r", "patience=3"])
+    (results / "old.json").write_text(json.dumps({"name": "old"}))  # an earlier, non-resumable result
+    with pytest.raises(ConfigError, match="fresh=true"):
+        peer._main(["seeds=0", "name=old"])
+    peer._main(["seeds=0", "name=old", "fresh=true"])
+    assert json.loads((results / "old.json").read_text())["complete"]
