@@ -92,3 +92,26 @@ def test_resume_refuses_other_settings(fakes):
         peer._main(["seeds=0", "name=old"])
     peer._main(["seeds=0", "name=old", "fresh=true"])
     assert json.loads((results / "old.json").read_text())["complete"]
+
+
+def test_sasrec_factors_resume_per_arm_and_seed(monkeypatch, tmp_path):
+    from benchmarks import sasrec_factors
+
+    calls: list = []
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+
+    def run(seed, max_epochs, patience, minutes, batch_size, overrides):
+        calls.append((seed, batch_size, overrides))
+        return fake_run("zoo", [])(seed + batch_size / 1000)
+
+    monkeypatch.setattr(sasrec_factors, "run_zoo", run)
+    sasrec_factors._main(["arms=base,prefix_rows", "seeds=0", "name=f"])
+    assert calls == [(0, 6, ()), (0, 256, ("model.train_rows=prefix", "data.train_len=0"))]
+    calls.clear()
+    sasrec_factors._main(["arms=base,prefix_rows,dropout_0.2", "seeds=0,1", "name=f"])
+    assert [(c[0], c[1]) for c in calls] == [(1, 6), (1, 256), (0, 6), (1, 6)]  # only what was missing
+    result = json.loads((tmp_path / "f.json").read_text())
+    assert result["complete"] and set(result["arms"]) == {"base", "prefix_rows", "dropout_0.2"}
+    assert "test_ndcg@10_vs_base" in result["arms"]["prefix_rows"]
+    with pytest.raises(ConfigError, match="max_minutes"):
+        sasrec_factors._main(["arms=base", "seeds=0", "name=f", "max_minutes=3"])

@@ -169,6 +169,27 @@ def test_sequence_mode_loss_equals_mean_of_per_prefix_losses():
     assert float(sequence_loss) == pytest.approx(per_prefix / count, rel=1e-4)
 
 
+def test_prefix_rows_train_the_same_pairs_as_sequence_rows():
+    """model.train_rows=prefix (RecBole's rows): one row per (user, prefix), and together they hold exactly the
+    (prefix -> next item) pairs the sequence rows supervise; the loss is the mean over those rows."""
+    model, datamodule = make_model(["model.train_rows=prefix"])
+    prefix_pairs = sorted(
+        (int(u), int(t)) for b in datamodule.train_dataloader() for u, t in zip(b["user"], b["target"])
+    )
+    _, sequence_dm = make_model()
+    sequence_pairs = sorted(
+        (int(u), int(t))
+        for b in sequence_dm.train_dataloader()
+        for u, row in zip(b["user"], b["targets"])
+        for t in row[row != 0]
+    )
+    assert prefix_pairs == sequence_pairs
+    batch = next(iter(datamodule.train_dataloader()))
+    assert "targets" not in batch and torch.isfinite(model.compute_loss(batch))
+    with pytest.raises(ConfigError, match="train_rows"):
+        make_model(["model.train_rows=window"])
+
+
 @pytest.mark.parametrize("max_len", [4, 5])
 def test_training_windows_train_every_target_once_with_context(max_len):
     model, datamodule = make_model([f"data.max_len={max_len}", "data.train_len=13"])

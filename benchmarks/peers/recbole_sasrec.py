@@ -181,8 +181,10 @@ def run_recbole(seed: int, max_epochs: int, patience: int, threads: int, targets
 
 
 # -- zoo side ------------------------------------------------------------------------------------------------------
-def run_zoo(seed: int, max_epochs: int, patience: int, max_minutes: int, batch_size: int) -> dict:
-    """Train and test the zoo's SASRec (recipe ``sasrec_ml100k``) with per-epoch timings."""
+def run_zoo(
+    seed: int, max_epochs: int, patience: int, max_minutes: int, batch_size: int, overrides: tuple[str, ...] = ()
+) -> dict:
+    """Train and test the zoo's SASRec (recipe ``sasrec_ml100k``, then ``overrides``) with per-epoch timings."""
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
@@ -222,6 +224,7 @@ def run_zoo(seed: int, max_epochs: int, patience: int, max_minutes: int, batch_s
                 "trainer.enable_progress_bar=false",
                 "logger.name=none",
                 f"run_dir={run_dir}",
+                *overrides,
             ],
         )
         L.seed_everything(seed, workers=True, verbose=False)

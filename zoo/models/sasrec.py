@@ -7,7 +7,8 @@ prefix), which supervises the same (prefix -> next item) pairs as one example pe
 training part longer than ``data.max_len`` would lose its older pairs (MovieLens users have hundreds of items):
 with ``data.train_len`` > ``data.max_len`` the row keeps its last ``train_len`` items and is cut into overlapping
 windows of ``max_len`` (stride ``max_len // 2``) in which every pair is trained exactly once, with at least half a
-window of context, close to RecBole's one example per prefix at a fraction of its cost. Any
+window of context, close to RecBole's one example per prefix at a fraction of its cost. ``model.train_rows=prefix``
+trains RecBole's way instead: one row per (user, prefix), the loss at its last position only. Any
 ``item`` loss of the registry plugs in (``ce`` full softmax, ``bce``, ``bpr``, ``sampled_softmax``): the model is
 their :class:`zoo.losses.ItemScorer`.
 """
@@ -47,6 +48,7 @@ class SASRecConfig(ModelConfig):
     layer_norm_eps: float = 1e-12
     init_std: float = 0.02
     export_candidates_k: int = 0  # > 0: write <run_dir>/candidates.npz (top-k per user) after testing
+    train_rows: str = "sequence"  # sequence (one row per user, loss at every position) | prefix (RecBole's rows)
 
 
 @MODELS.register("sasrec")
@@ -57,6 +59,8 @@ class SASRec(RecModel):
     def __init__(self, cfg, datamodule: SequentialDataModule, artifacts: dict | None = None) -> None:
         super().__init__(cfg, datamodule, artifacts)
         m = cfg.model
+        if m.train_rows not in ("sequence", "prefix"):
+            raise ConfigError(f"unknown model.train_rows '{m.train_rows}' (sequence | prefix)")
         if m.export_candidates_k < 0 or m.export_candidates_k > self.num_items:
             raise ConfigError(f"model.export_candidates_k must be in 0..{self.num_items}, got {m.export_candidates_k}")
         self.max_len = int(cfg.data.max_len)
@@ -75,7 +79,7 @@ class SASRec(RecModel):
         )
 
     def data_spec(self) -> DataSpec:
-        return DataSpec(train_mode="sequence")
+        return DataSpec(train_mode=self.cfg.model.train_rows)
 
     def prepare(self, datamodule: SequentialDataModule) -> None:
         """Hand the loss the training item counts (used by popularity-sampled softmax; ignored by the others)."""
