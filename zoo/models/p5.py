@@ -50,6 +50,7 @@ from zoo.models.base import ModelConfig, RecModel
 from zoo.modules.batching import length_groups
 from zoo.modules.beam_search import beam_search, candidate_beam_search
 from zoo.modules.llm import BUNDLED_TOKENIZER, LLMConfig, load_tokenizer
+from zoo.modules.t5 import t5_from_fields
 from zoo.modules.trie import ItemTrie
 from zoo.registry import MODELS
 
@@ -339,7 +340,7 @@ class P5(RecModel):
 
     @staticmethod
     def _build_t5(m, tokenizer, prompts: P5Prompts):
-        from transformers import T5Config, T5ForConditionalGeneration
+        from transformers import T5ForConditionalGeneration
 
         if m.t5_backbone:
             try:
@@ -351,24 +352,13 @@ class P5(RecModel):
             if t5.get_input_embeddings().num_embeddings < prompts.vocab_size:
                 t5.resize_token_embeddings(prompts.vocab_size)
             return t5
-        return T5ForConditionalGeneration(
-            T5Config(
-                vocab_size=prompts.vocab_size,
-                d_model=m.d_model,
-                d_kv=m.d_kv,
-                d_ff=m.d_ff,
-                num_layers=m.num_encoder_layers,
-                num_decoder_layers=m.num_decoder_layers,
-                num_heads=m.num_heads,
-                dropout_rate=m.dropout,
-                feed_forward_proj=m.feed_forward_proj,
-                pad_token_id=prompts.pad,
-                eos_token_id=prompts.eos,
-                decoder_start_token_id=prompts.pad,
-                tie_word_embeddings=True,  # P5: the tied head, scaled by d_model**-0.5
-                scale_decoder_outputs=True,
-                use_cache=False,
-            )
+        return t5_from_fields(
+            m,
+            prompts.vocab_size,
+            prompts.pad,
+            prompts.eos,
+            tie_word_embeddings=True,  # P5: the tied head, scaled by d_model**-0.5
+            scale_decoder_outputs=True,
         )
 
     def data_spec(self) -> DataSpec:

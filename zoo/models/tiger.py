@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import T5Config, T5ForConditionalGeneration
+from transformers import T5ForConditionalGeneration
 
 from zoo.data.datamodule import DataSpec, SequentialDataModule
 from zoo.errors import ConfigError
@@ -23,6 +23,7 @@ from zoo.models.base import RecModel
 from zoo.models.rqvae import SemanticIdConfig
 from zoo.modules.batching import length_groups
 from zoo.modules.beam_search import BeamSearchResult, beam_search, candidate_beam_search
+from zoo.modules.t5 import t5_from_fields
 from zoo.modules.trie import ItemTrie
 from zoo.registry import MODELS
 
@@ -171,25 +172,7 @@ class Tiger(RecModel):
         self.id_length = m.rqvae.num_levels + 1  # + the collision code
         self.user_offset = CODE_OFFSET + self.id_length * self.codebook_size
         self.vocab_size = self.user_offset + m.num_user_tokens
-        self.t5 = T5ForConditionalGeneration(
-            T5Config(
-                vocab_size=self.vocab_size,
-                d_model=m.d_model,
-                d_kv=m.d_kv,
-                d_ff=m.d_ff,
-                num_layers=m.num_encoder_layers,
-                num_decoder_layers=m.num_decoder_layers,
-                num_heads=m.num_heads,
-                dropout_rate=m.dropout,
-                feed_forward_proj=m.feed_forward_proj,
-                relative_attention_num_buckets=m.relative_attention_num_buckets,
-                relative_attention_max_distance=m.relative_attention_max_distance,
-                pad_token_id=PAD,
-                eos_token_id=EOS,
-                decoder_start_token_id=PAD,
-                use_cache=False,
-            )
-        )
+        self.t5 = t5_from_fields(m, self.vocab_size, PAD, EOS)
         self.inputs = SemanticIdInputs(self.num_items, self.id_length, self.user_offset, m.num_user_tokens)
         self.register_buffer("item_tokens", self.inputs.item_tokens.clone())  # saved with checkpoints
         self.trie: ItemTrie | None = None
