@@ -80,6 +80,51 @@ def test_the_best_checkpoint_reloads_to_identical_test_metrics(model_name, tmp_p
         assert model.test_results[key] == pytest.approx(value, abs=1e-9), key
 
 
+class Killed(Exception):
+    """The machine went away: raised in the second epoch, after the first one's checkpoints are written."""
+
+
+@pytest.mark.parametrize("model_name", RECOMMENDERS)
+def test_a_killed_run_resumed_ends_where_an_uninterrupted_run_ends(model_name, tmp_path, one_thread, monkeypatch):
+    """Two epochs in one go, or killed after the first epoch and resumed with ``resume=``: the same test metrics,
+    exactly (the sampler's epoch, prompt templates and negatives drawn per epoch, optimizer, scheduler and
+    best-checkpoint state all resume)."""
+    from lightning.pytorch.callbacks import Callback
+
+    import zoo.trainer
+
+    corpus = synthetic_corpus()
+    two = ("trainer.max_epochs=2", "trainer.early_stopping_patience=0", "seed=0")
+    whole = run(config(model_name, tmp_path / "whole", *two), corpus=corpus)
+
+    class KillAfterFirstEpoch(Callback):  # mid-run: at the second epoch's first batch
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if trainer.current_epoch == 1:
+                raise Killed
+
+    real = zoo.trainer.build_trainer
+
+    def killing_trainer(*args, **kwargs):
+        trainer = real(*args, **kwargs)
+        trainer.callbacks.append(KillAfterFirstEpoch())
+        return trainer
+
+    run_dir = tmp_path / "cut"  # named: a run that fails in-process removes the directory it created itself
+    cut = config(model_name, tmp_path, *two, f"run_dir={run_dir}")
+    monkeypatch.setattr(zoo.trainer, "build_trainer", killing_trainer)
+    try:
+        run(cut, corpus=corpus)
+    except Killed:
+        pass
+    monkeypatch.setattr(zoo.trainer, "build_trainer", real)
+    if not (run_dir / "checkpoints" / "last.ckpt").is_file():
+        pytest.skip(f"{model_name} trains nothing: no checkpoint to resume")
+    resumed = run(config(model_name, tmp_path, *two, f"run_dir={run_dir}", f"resume={run_dir}"), corpus=corpus)
+    tested = {k: v for k, v in whole.items() if k.startswith("test/")}
+    assert tested, f"{model_name}: no test metrics"
+    assert {k: resumed[k] for k in tested} == tested, f"{model_name}: the resumed run ended elsewhere"
+
+
 @pytest.mark.parametrize("model_name", [n for n in RECOMMENDERS if MODELS.get(n).task == "generative"])
 def test_generative_lists_hold_only_item_ids(model_name, tmp_path):
     model, datamodule = built(model_name, tmp_path)

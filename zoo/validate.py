@@ -34,7 +34,6 @@ PRECISIONS = (
 MAX_TIME = re.compile(r"^\d+:\d{1,2}:\d{1,2}:\d{1,2}$")  # DD:HH:MM:SS, as Lightning's Timer parses it
 RANKING_METRICS = ("recall", "hr", "ndcg", "mrr", "precision")
 GENERATION_METRICS = ("invalid_rate", "duplicate_rate")  # generative families also log these
-CTR_METRICS = ("auc", "logloss")
 GPU_PRESETS = ("ddp", "fsdp")
 GPU_ACCELERATORS = ("gpu", "cuda")
 # model / loss integer fields that size a layer: 0 gives a model that cannot learn (when their default is >= 1)
@@ -173,7 +172,7 @@ def allowed_monitors(model_cls, ks) -> list[str]:
         if task.name == "generative":
             names += [f"val/{m}" for m in GENERATION_METRICS]
     else:
-        names += [f"val/{m}" for m in CTR_METRICS]
+        names += [f"val/{m}" for m in task.columns]  # ctr: auc, logloss; multilabel: f1, micro_f1, macro_f1
     return names
 
 
