@@ -77,6 +77,29 @@ def write_result(name: str, payload: dict, started: float | None = None, directo
     return path
 
 
+def resumable_result(path: Path, settings: dict, fresh: bool = False, key: str = "resume") -> dict | None:
+    """The stored result at ``path`` of an earlier run of a benchmark that resumes (it reuses the finished parts),
+    or None when there is none or ``fresh``. Its ``key`` entry must equal ``settings``: a difference, or a file that
+    is not such a result, is one line (``ConfigError``) naming ``fresh=true`` or another ``name=``."""
+    import json
+
+    from zoo.errors import ConfigError
+
+    if fresh or not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+        saved = dict(stored[key])
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(
+            f"{path} is not a resumable result of this benchmark: pass fresh=true or another name="
+        ) from None
+    differ = [f"{k}={saved.get(k)} (now {v})" for k, v in settings.items() if saved.get(k) != v]
+    if differ:
+        raise ConfigError(f"{path} was made with " + ", ".join(differ) + ": pass fresh=true or another name=")
+    return stored
+
+
 def key_values(argv: list[str], allowed: dict[str, Any], overrides: list[str] | None = None) -> dict[str, Any]:
     """``key=value`` command-line arguments over ``allowed`` (key -> default); anything else is a ConfigError
     (one line, exit status 2). Given values are strings (``integer``, ``number``, ``flag``, ``names`` and

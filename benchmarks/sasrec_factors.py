@@ -54,8 +54,16 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str]) -> None:
     import torch
 
-    from benchmarks.common import RESULTS_DIR, flag, integer, integers, key_values, names, write_result
-    from zoo.errors import ConfigError
+    from benchmarks.common import (
+        RESULTS_DIR,
+        flag,
+        integer,
+        integers,
+        key_values,
+        names,
+        resumable_result,
+        write_result,
+    )
 
     values = key_values(
         argv,
@@ -76,17 +84,12 @@ def _main(argv: list[str]) -> None:
     settings = {"max_minutes": max_minutes, "threads": threads, "max_epochs": MAX_EPOCHS}
     done: dict[str, dict[int, dict]] = {arm: {} for arm in ARMS}
     elapsed = 0.0
-    if path.is_file() and not flag(values, "fresh"):
-        try:
-            stored = json.loads(path.read_text())
-            if stored["settings"] != settings:
-                raise ConfigError(f"{path} was made with {stored['settings']}: pass fresh=true or another name=")
-            for arm, entry in stored["arms"].items():
-                if entry["overrides"] == ARMS.get(arm, {}).get("overrides"):
-                    done[arm] = {int(r["seed"]): r for r in entry["runs"]}
-            elapsed = float(stored.get("wall_time_s", 0.0))
-        except (ValueError, KeyError, TypeError):
-            raise ConfigError(f"{path} is not a result of this benchmark: pass fresh=true or another name=") from None
+    stored = resumable_result(path, settings, flag(values, "fresh"), key="settings")
+    if stored is not None:
+        for arm, entry in stored["arms"].items():
+            if entry["overrides"] == ARMS.get(arm, {}).get("overrides"):
+                done[arm] = {int(r["seed"]): r for r in entry["runs"]}
+        elapsed = float(stored.get("wall_time_s", 0.0))
     started, load = time.time() - elapsed, os.getloadavg()[0]
     for arm in arms:
         for seed in seeds:

@@ -366,26 +366,15 @@ def resume_state(path: Path, args: PeerArgs) -> dict:
     """Finished seeds of an earlier run of the same benchmark (``results/<name>.json``), by side: a re-run does
     only the missing seeds. A stored result made with other settings is refused in one line (``fresh=true``
     starts over)."""
-    from zoo.errors import ConfigError
+    from benchmarks.common import resumable_result
 
     state: dict = {"zoo": {}, "recbole": {}, "split_check": {}, "elapsed_s": 0.0}
-    if args.fresh or not path.is_file():
-        return state
-    try:
-        stored = json.loads(path.read_text())
-        settings = stored["resume"]
-    except (ValueError, KeyError, TypeError):
-        raise ConfigError(
-            f"{path} is not a resumable result of this benchmark: pass fresh=true to start over"
-        ) from None
-    mine = {key: getattr(args, key) for key in RESUME_KEYS}
-    differ = [f"{key}={settings.get(key)} (now {value})" for key, value in mine.items() if settings.get(key) != value]
-    if differ:
-        raise ConfigError(f"{path} was made with " + ", ".join(differ) + ": pass fresh=true or another name=")
-    for side in ("zoo", "recbole"):
-        state[side] = {int(run["seed"]): run for run in stored[side]["runs"]}
-    state["split_check"] = stored.get("split_check") or {}
-    state["elapsed_s"] = float(stored.get("wall_time_s", 0.0))
+    stored = resumable_result(path, {key: getattr(args, key) for key in RESUME_KEYS}, args.fresh)
+    if stored is not None:
+        for side in ("zoo", "recbole"):
+            state[side] = {int(run["seed"]): run for run in stored[side]["runs"]}
+        state["split_check"] = stored.get("split_check") or {}
+        state["elapsed_s"] = float(stored.get("wall_time_s", 0.0))
     return state
 
 
