@@ -26,6 +26,7 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Union
 
@@ -123,6 +124,22 @@ class BodyLimit:
         await response(scope, None, send)
 
 
+@dataclass
+class _Queued:
+    """One request waiting for the model: its histories and options, and the future its answer settles."""
+
+    histories: list[list[str]]
+    k: int
+    exclude_seen: bool
+    users: list | None
+    ratings: list | None
+    future: asyncio.Future
+
+    @property
+    def group(self) -> tuple:  # requests that can share one model call
+        return (self.k, self.exclude_seen, self.users is not None, self.ratings is not None)
+
+
 class MicroBatcher:
     """Runs ``model.recommend`` on one worker thread. Requests that queue while a call runs go into the next
     call together (up to ``max_batch`` histories, grouped by ``k`` and ``exclude_seen``); if a merged call
@@ -132,7 +149,7 @@ class MicroBatcher:
         self.model = model
         self.max_batch = max_batch
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="zoo-model")
-        self._pending: list[tuple[list[list[str]], int, bool, list | None, asyncio.Future]] = []
+        self._pending: list[_Queued] = []
         self._draining = False
         self.calls = 0  # model calls made and histories answered: /health reports them (micro-batching at work)
         self.histories = 0
@@ -147,7 +164,7 @@ class MicroBatcher:
     ) -> list[list[dict]]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append((histories, k, exclude_seen, users, ratings, future))
+        self._pending.append(_Queued(histories, k, exclude_seen, users, ratings, future))
         if not self._draining:
             self._draining = True
             loop.create_task(self._drain())
@@ -158,39 +175,38 @@ class MicroBatcher:
         try:
             while self._pending:
                 taken, size = [], 0
-                while self._pending and (not taken or size + len(self._pending[0][0]) <= self.max_batch):
+                while self._pending and (not taken or size + len(self._pending[0].histories) <= self.max_batch):
                     taken.append(self._pending.pop(0))
-                    size += len(taken[-1][0])
-                groups: dict[tuple[int, bool, bool], list] = {}
+                    size += len(taken[-1].histories)
+                groups: dict[tuple, list[_Queued]] = {}
                 for request in taken:
-                    key = (request[1], request[2], request[3] is not None, request[4] is not None)
-                    groups.setdefault(key, []).append(request)
+                    groups.setdefault(request.group, []).append(request)
                 for (k, exclude_seen, _, _), requests in groups.items():
                     await self._run_group(loop, requests, k, exclude_seen)
         finally:
             self._draining = False
 
     async def _run_group(self, loop, requests: list, k: int, exclude_seen: bool) -> None:
-        merged = [h for histories, *_ in requests for h in histories]
-        users = None if requests[0][3] is None else [u for request in requests for u in request[3]]
-        ratings = None if requests[0][4] is None else [r for request in requests for r in request[4]]
+        merged = [h for request in requests for h in request.histories]
+        users = None if requests[0].users is None else [u for request in requests for u in request.users]
+        ratings = None if requests[0].ratings is None else [r for request in requests for r in request.ratings]
         try:
             lists = await loop.run_in_executor(self._executor, self._call, merged, k, exclude_seen, users, ratings)
         except RequestError as err:
             if len(requests) == 1:
-                _settle(requests[0][5], error=err)
+                _settle(requests[0].future, error=err)
                 return
             for request in requests:  # find the request that was refused
                 await self._run_group(loop, [request], k, exclude_seen)
             return
         except Exception as err:  # noqa: BLE001 - handed to each waiting request, answered as a 500
             for request in requests:
-                _settle(request[5], error=err)
+                _settle(request.future, error=err)
             return
         start = 0
-        for histories, *_, future in requests:
-            _settle(future, result=lists[start : start + len(histories)])
-            start += len(histories)
+        for request in requests:
+            _settle(request.future, result=lists[start : start + len(request.histories)])
+            start += len(request.histories)
 
     def _call(
         self, histories: list[list[str]], k: int, exclude_seen: bool, users: list | None, ratings: list | None = None
