@@ -144,6 +144,26 @@ class FailingAfter:
         return self.inner.generate(prompts)
 
 
+class RecordingGenerator:
+    """A local (batched) generator that records the batches it is given and echoes each prompt."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def generate(self, prompts):
+        self.batches.append(list(prompts))
+        return [f"echo: {p}" for p in prompts]
+
+
+def test_local_batches_group_prompts_of_similar_length_and_answers_keep_key_order(tmp_path) -> None:
+    keys = ["a", "b", "c", "d", "e"]
+    prompts = ["x" * 3, "x" * 40, "x" * 5, "x" * 38, "x" * 4]
+    gen = RecordingGenerator()
+    texts = generate_cached(keys, prompts, gen, tmp_path / "texts.jsonl", batch_size=2)
+    assert [[len(p) for p in batch] for batch in gen.batches] == [[40, 38], [5, 4], [3]]
+    assert list(texts) == keys and texts == {k: f"echo: {p}" for k, p in zip(keys, prompts)}
+
+
 def test_cache_resumes_an_interrupted_run_and_regenerates_changed_prompts(tmp_path) -> None:
     path = tmp_path / "texts.jsonl"
     keys, prompts = ["a", "b", "c", "d"], ["pa", "pb", "pc", "pd"]

@@ -305,6 +305,9 @@ def generate_cached(
                 cache.append(key, text, prompt)
                 done(1)
         else:
+            # batches of similar lengths (longest first): less padding to run through the model, and a prompt that
+            # does not fit in memory fails in the first batch; the cache is keyed by prompt, so order is free
+            todo.sort(key=lambda kp: len(kp[1]), reverse=True)
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start : start + batch_size]
                 texts = generator.generate([p for _, p in chunk])
