@@ -122,6 +122,41 @@ def test_knowledge_stage_is_cached_and_its_key_covers_the_decoding_settings(kar_
     assert not items[0].any() and np.isfinite(users).all()
 
 
+def test_knowledge_shipped_for_the_same_settings_is_taken_and_the_rest_generated(kar_din, corpus, tmp_path, monkeypatch):
+    import json
+
+    from zoo.stages import resolve, stage_root
+
+    cfg, _, _ = kar_din
+    generated = next((stage_root(cfg) / "kar_knowledge" / "texts").glob("*.jsonl"))  # the fixture's text cache
+    lines = generated.read_text().splitlines()
+    first, last = json.loads(lines[0]), json.loads(lines[-1])
+    lines[0] = json.dumps({**first, "text": "SHIPPED"})
+    shipped = tmp_path / "shipped" / generated.name
+    shipped.parent.mkdir()
+    shipped.write_text("\n".join(lines[:-1]) + "\n")  # every record but the last one
+    before = shipped.read_text()
+    asked = []
+
+    class Recording:
+        def generate(self, prompts):
+            asked.extend(prompts)
+            return ["NEW"] * len(prompts)
+
+    monkeypatch.setattr(knowledge, "build_generator", lambda m: Recording())
+    other = compose(cfg.recipe, [*SHRINK, *TINY, f"model.kar_texts_dir={shipped.parent}"])
+    other.data.cache_dir = str(tmp_path / "cache")
+    record = knowledge.load_knowledge(resolve("kar_knowledge", other, corpus))
+    texts = {f"user:{k}": v["text"] for k, v in record["users"].items()}
+    texts.update({f"item:{k}": v["text"] for k, v in record["items"].items()})
+    assert texts[first["key"]] == "SHIPPED" and texts[last["key"]] == "NEW" and len(asked) == 1
+    assert shipped.read_text() == before  # never written
+    monkeypatch.setattr(knowledge, "generation_settings", lambda m: {"other": "settings"})
+    other.data.cache_dir = str(tmp_path / "cache2")
+    knowledge.load_knowledge(resolve("kar_knowledge", other, corpus))  # no shipped file for these settings
+    assert len(asked) == 1 + len(lines)
+
+
 def test_the_augmented_vector_has_the_stated_size(kar_din, corpus, tmp_path):
     _, model, dm = kar_din
     batch = first_batch(dm)

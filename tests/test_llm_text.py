@@ -164,6 +164,27 @@ def test_local_batches_group_prompts_of_similar_length_and_answers_keep_key_orde
     assert list(texts) == keys and texts == {k: f"echo: {p}" for k, p in zip(keys, prompts)}
 
 
+def test_reused_texts_of_the_same_prompt_are_taken_and_the_file_is_never_written(tmp_path) -> None:
+    from zoo.llm_text import prompt_sha1
+
+    shipped = tmp_path / "shipped.jsonl"
+    records = [
+        {"key": "a", "text": "old a", "prompt_sha1": prompt_sha1("pa")},
+        {"key": "b", "text": "old b", "prompt_sha1": prompt_sha1("another prompt")},  # stale: regenerated
+        {"key": "c", "text": "old c", "prompt_sha1": None},  # no prompt to check: regenerated
+    ]
+    shipped.write_text("\n".join(json.dumps(r) for r in records) + '\n{"key": "d", "te')  # cut-off last line
+    before = shipped.read_text()
+    gen = RecordingGenerator()
+    texts = generate_cached(["a", "b", "c"], ["pa", "pb", "pc"], gen, tmp_path / "cache.jsonl", reuse=shipped)
+    assert texts == {"a": "old a", "b": "echo: pb", "c": "echo: pc"}
+    assert sorted(p for batch in gen.batches for p in batch) == ["pb", "pc"]
+    assert shipped.read_text() == before
+    assert TextCache(tmp_path / "cache.jsonl").get("a", "pa") == "old a"  # copied into the cache
+    with pytest.raises(ConfigError, match="no generated-text file"):
+        generate_cached(["a"], ["pa"], gen, tmp_path / "cache.jsonl", reuse=tmp_path / "missing.jsonl")
+
+
 def test_cache_resumes_an_interrupted_run_and_regenerates_changed_prompts(tmp_path) -> None:
     path = tmp_path / "texts.jsonl"
     keys, prompts = ["a", "b", "c", "d"], ["pa", "pb", "pc", "pd"]

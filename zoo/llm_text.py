@@ -221,8 +221,8 @@ def prompt_sha1(prompt: str) -> str:
 class TextCache:
     """key -> generated text, persisted as JSONL appended one flushed record at a time (thread-safe)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+        self.path, self.read_only = Path(path), read_only
         self.records: dict[str, dict] = {}
         self._lock = threading.Lock()
         if self.path.is_file():
@@ -240,10 +240,12 @@ class TextCache:
                 self.records[str(record["key"])] = {"text": str(record["text"]), "sha1": record.get("prompt_sha1")}
             except (json.JSONDecodeError, KeyError, TypeError):
                 if lineno == len(lines) and not complete:  # cut off by an interrupted write: drop it
+                    if self.read_only:
+                        return
                     write_text_atomic(self.path, "\n".join(lines[:-1]) + ("\n" if len(lines) > 1 else ""))
                     return
                 raise DataError(f"{self.path}:{lineno}: expected a JSON object with 'key' and 'text'") from None
-        if raw and not complete:  # a valid last record without its newline: complete it before appending
+        if raw and not complete and not self.read_only:  # a valid last record without its newline: complete it
             with self.path.open("a", encoding="utf-8") as f:
                 f.write("\n")
 
@@ -255,6 +257,8 @@ class TextCache:
         return record["text"]
 
     def append(self, key: str, text: str, prompt: str | None = None) -> None:
+        if self.read_only:
+            raise RuntimeError(f"{self.path} is read-only here")
         record = {"key": key, "text": text, "prompt_sha1": prompt_sha1(prompt) if prompt is not None else None}
         line = json.dumps(record, ensure_ascii=False) + "\n"
         with self._lock:  # one whole line per record, whichever thread writes it
@@ -273,11 +277,16 @@ def generate_cached(
     cache_path: str | Path,
     batch_size: int = 8,
     progress: bool = False,
+    reuse: str | Path | None = None,
 ) -> dict[str, str]:
     """Text for every key, in the order of ``keys``: from the cache when present (same prompt), else generated
     and appended as it arrives: a generator with ``stream`` (the HTTP backend, ``concurrency`` requests in flight)
     text by text, others (the local model) in batches of ``batch_size``. ``progress`` logs the texts done, their
-    rate and ETA and, when the backend counts them, the generated tokens per second (``zoo.progress``)."""
+    rate and ETA and, when the backend counts them, the generated tokens per second (``zoo.progress``).
+
+    ``reuse``: a read-only file of the same format (texts generated elsewhere with the same settings, e.g. shipped
+    with a benchmark); its records whose prompt matches are copied into the cache instead of being generated, the
+    rest are generated. It is never written."""
     if len(keys) != len(prompts):
         raise ValueError(f"{len(keys)} keys for {len(prompts)} prompts")
     if batch_size < 1:
@@ -285,6 +294,16 @@ def generate_cached(
     from zoo.progress import Progress
 
     cache = TextCache(cache_path)
+    if reuse is not None:
+        if not Path(reuse).is_file():
+            raise ConfigError(f"no generated-text file at {reuse}")
+        shipped, copied = TextCache(reuse, read_only=True), 0
+        for key, prompt in zip(keys, prompts):
+            text = shipped.get(key, prompt) if shipped.records.get(key, {}).get("sha1") else None
+            if text is not None and cache.get(key, prompt) is None:
+                cache.append(key, text, prompt)
+                copied += 1
+        log.info("generated text: %d of %d taken from %s", copied, len(keys), reuse)
     todo = [(k, p) for k, p in zip(keys, prompts) if cache.get(k, p) is None]
     if len(todo) < len(keys):
         log.info("generated text: %d of %d reused from %s", len(keys) - len(todo), len(keys), cache.path)

@@ -60,6 +60,9 @@ class KARConfig:
     kar_repetition_penalty: float = 1.3  # hf: > 1 discourages repeats (greedy decoding of small models loops)
     kar_no_repeat_ngram: int = 3  # hf: no n-gram of this size twice (0 = off)
     kar_batch_size: int = 16  # hf: prompts per generate call
+    # a folder of texts generated elsewhere with the same settings (files named like the text cache,
+    # <dataset>-<settings digest>.jsonl, e.g. benchmarks/knowledge/): records of the same prompt are taken from it
+    kar_texts_dir: Optional[str] = None
     kar_encoder: str = "all-MiniLM-L6-v2"  # bundled offline; or any HF encoder name / folder
     kar_encode_batch: int = 64
     kar_max_text_tokens: int = 512  # encoder truncation
@@ -214,7 +217,13 @@ class KARKnowledgeStage(Stage):
         keys = [f"user:{k}" for k in user_keys] + [f"item:{k}" for k in item_keys]
         prompts = user_texts + item_texts
         started, tokens = time.monotonic(), getattr(generator, "generated_tokens", 0)
-        texts = generate_cached(keys, prompts, generator, cache, batch_size=int(m.kar_batch_size), progress=True)
+        shipped = Path(m.kar_texts_dir) / cache.name if m.kar_texts_dir else None
+        if shipped is not None and not shipped.is_file():
+            log.info("no generated texts for these settings in %s (%s): generating them", m.kar_texts_dir, cache.name)
+            shipped = None
+        texts = generate_cached(
+            keys, prompts, generator, cache, batch_size=int(m.kar_batch_size), progress=True, reuse=shipped
+        )
         took = time.monotonic() - started
         record = {
             "settings": settings,
