@@ -122,7 +122,9 @@ def test_knowledge_stage_is_cached_and_its_key_covers_the_decoding_settings(kar_
     assert not items[0].any() and np.isfinite(users).all()
 
 
-def test_knowledge_shipped_for_the_same_settings_is_taken_and_the_rest_generated(kar_din, corpus, tmp_path, monkeypatch):
+def test_knowledge_shipped_for_the_same_settings_is_taken_and_the_rest_generated(
+    kar_din, corpus, tmp_path, monkeypatch
+):
     import json
 
     from zoo.stages import resolve, stage_root

@@ -115,3 +115,54 @@ def test_sasrec_factors_resume_per_arm_and_seed(monkeypatch, tmp_path):
     assert "test_ndcg@10_vs_base" in result["arms"]["prefix_rows"]
     with pytest.raises(ConfigError, match="max_minutes"):
         sasrec_factors._main(["arms=base", "seeds=0", "name=f", "max_minutes=3"])
+
+
+def test_kar_grid_resumes_per_backbone_variant_and_seed(monkeypatch, tmp_path):
+    from benchmarks import kar_ml100k
+
+    calls: list = []
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+
+    def run_cell(recipe, overrides):
+        calls.append((recipe, tuple(o for o in overrides if o.startswith(("seed=", "model.kar")))))
+        seed = int(next(o for o in overrides if o.startswith("seed="))[5:])
+        towers = next((o.split("=")[1] for o in overrides if o.startswith("model.kar_towers=")), "none")
+        auc = 0.75 + {"none": 0.0, "reasoning": 0.004, "fact": 0.002, "both": 0.01}[towers] + seed / 1000
+        return {"test/auc": auc, "test/logloss": 0.5, "test/gauc": auc - 0.05, "best/val/auc": auc}
+
+    monkeypatch.setattr(kar_ml100k, "run_cell", run_cell)
+    args = ["backbones=din", "seeds=0,1", "texts=none"]
+    kar_ml100k.main([*args, "name=whole"])
+    whole = json.loads((tmp_path / "whole.json").read_text())
+    assert whole["complete"] and len(whole["runs"]) == 8 and len(calls) == 8
+    gain = whole["cells"]["din"]["both_auc_gain"]
+    assert gain["abs"] == pytest.approx(0.01) and gain["beyond_spread"]  # spread: std of 0.750 / 0.751
+    assert whole["cells"]["din"]["both_exceeds_sum_of_parts"]  # 0.01 > 0.004 + 0.002
+
+    calls.clear()
+    real = run_cell
+
+    def dies_on_the_fifth(recipe, overrides):
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # the machine went away
+        return real(recipe, overrides)
+
+    monkeypatch.setattr(kar_ml100k, "run_cell", dies_on_the_fifth)
+    with pytest.raises(KeyboardInterrupt):
+        kar_ml100k.main([*args, "name=cut"])
+    partial = json.loads((tmp_path / "cut.json").read_text())
+    assert partial["complete"] is False and len(partial["runs"]) == 4 and len(partial["missing"]) == 4
+    monkeypatch.setattr(kar_ml100k, "run_cell", run_cell)
+    calls.clear()
+    kar_ml100k.main([*args, "name=cut"])
+    assert len(calls) == 4  # only the missing runs
+    resumed = json.loads((tmp_path / "cut.json").read_text())
+    drop = ("seconds", "load_avg_1m_at_start")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in resumed["runs"]] == [
+        {k: v for k, v in r.items() if k not in drop} for r in whole["runs"]
+    ]
+    assert resumed["cells"] == whole["cells"]
+    with pytest.raises(ConfigError, match="fresh=true"):
+        kar_ml100k.main([*args, "name=cut", "max_time=00:00:01:00"])
+    with pytest.raises(ConfigError, match="no such folder"):
+        kar_ml100k.main(["texts=/nonexistent"])
