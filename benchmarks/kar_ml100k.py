@@ -8,11 +8,13 @@ same cache key); on a 2-core CPU the generation alone is ~2 h with smollm2-135m 
 which holds this repository's smollm2-135m generation for ml100k: the stage takes them instead of generating;
 ``texts=none`` generates everything).
 
-Resumable: every finished run is written at once (``complete: false`` and ``missing`` while any is left); a re-run
+A subset of the grid (``variants=none``: the backbones alone, which need no knowledge) can run first; a later run
+with more of the grid adds to the same result. Resumable: every finished run is written at once (``complete: false`` and ``missing`` while any is left); a re-run
 with the same settings runs only the missing (backbone, variant, seed) runs, other settings are refused in one line
 (``fresh=true`` starts over).
 
-    python -m benchmarks.kar_ml100k [seeds=0,1,2] [backbones=din,deepfm,dcnv2,autoint] [threads=1]
+    python -m benchmarks.kar_ml100k [seeds=0,1,2] [backbones=din,deepfm,dcnv2,autoint]
+        [variants=none,reasoning,fact,both] [threads=1]
         [max_time=00:00:10:00] [texts=benchmarks/knowledge|none] [dry_run=true] [fresh=true]
         [name=kar_ml100k] [key.path=value ...]
 
@@ -34,9 +36,11 @@ VARIANTS = {"none": None, "reasoning": "reasoning", "fact": "fact", "both": "bot
 METRICS = ("auc", "logloss", "gauc")
 
 
-def cells(backbones, seeds, texts: str | None = None):
+def cells(backbones, seeds, texts: str | None = None, variants=tuple(VARIANTS)):
     for backbone in backbones:
         for variant, towers in VARIANTS.items():
+            if variant not in variants:
+                continue
             recipe = f"{backbone}_ml100k" if towers is None else f"kar_{backbone}_ml100k"
             extra = [] if towers is None else [f"model.kar_towers={towers}"]
             if towers is not None and texts:
@@ -100,6 +104,7 @@ def main(argv: list[str]) -> None:
         {
             "seeds": "0,1,2",
             "backbones": ",".join(BACKBONES),
+            "variants": ",".join(VARIANTS),
             "threads": 1,
             "max_time": "00:00:10:00",
             "texts": str(KNOWLEDGE),
@@ -110,12 +115,12 @@ def main(argv: list[str]) -> None:
         overrides,
     )
     seeds, backbones = integers(values, "seeds", minimum=0), names(values, "backbones", choices=list(BACKBONES))
-    threads = integer(values, "threads", minimum=1)
+    variants, threads = names(values, "variants", choices=list(VARIANTS)), integer(values, "threads", minimum=1)
     texts = None if str(values["texts"]).lower() == "none" else str(values["texts"])
     if texts is not None and not Path(texts).is_dir():
         raise ConfigError(f"texts={texts}: no such folder (texts=none generates the knowledge)")
     overrides += [f"trainer.max_time={values['max_time']}", "trainer.enable_progress_bar=false"]
-    grid = list(cells(backbones, seeds, texts))
+    grid = list(cells(backbones, seeds, texts, variants))
     if flag(values, "dry_run"):
         for backbone, variant, seed, recipe, extra in grid:
             print(f"{backbone:8s} {variant:9s} seed {seed}: {recipe} {' '.join(extra + overrides)}")
@@ -149,20 +154,20 @@ def main(argv: list[str]) -> None:
             }
         )
         done.add((backbone, variant, seed))
-        missing = [f"{b} {v} seed {s}" for b, v, s, _, _ in grid if (b, v, s) not in done]
+        # complete = the whole benchmark (every backbone and variant for these seeds), not just this call's subset
+        missing = [f"{b} {v} seed {s}" for b, v, s, _, _ in cells(BACKBONES, seeds) if (b, v, s) not in done]
         write_json_atomic(  # after every run: a killed grid keeps what it finished and resumes from it
             path,
             {
                 "dataset": "ml100k",
                 "settings": settings,
                 "seeds": seeds,
-                "backbones": backbones,
                 "complete": not missing,
                 "missing": missing,
                 "threads": threads,
                 "hardware": hardware(),
                 "load_avg_1m_at_start": round(load, 2),
-                "cells": table(runs, backbones),
+                "cells": table(runs, [b for b in BACKBONES if any(r["backbone"] == b for r in runs)]),
                 "runs": runs,
             },
         )

@@ -132,9 +132,12 @@ def test_kar_grid_resumes_per_backbone_variant_and_seed(monkeypatch, tmp_path):
 
     monkeypatch.setattr(kar_ml100k, "run_cell", run_cell)
     args = ["backbones=din", "seeds=0,1", "texts=none"]
+    kar_ml100k.main([*args, "name=whole", "variants=none"])  # the backbone alone first: it needs no knowledge
+    assert [c[0] for c in calls] == ["din_ml100k", "din_ml100k"]
     kar_ml100k.main([*args, "name=whole"])
     whole = json.loads((tmp_path / "whole.json").read_text())
-    assert whole["complete"] and len(whole["runs"]) == 8 and len(calls) == 8
+    assert len(whole["runs"]) == 8 and len(calls) == 8
+    assert not whole["complete"] and len(whole["missing"]) == 3 * 8  # the other three backbones
     gain = whole["cells"]["din"]["both_auc_gain"]
     assert gain["abs"] == pytest.approx(0.01) and gain["beyond_spread"]  # spread: std of 0.750 / 0.751
     assert whole["cells"]["din"]["both_exceeds_sum_of_parts"]  # 0.01 > 0.004 + 0.002
@@ -151,7 +154,7 @@ def test_kar_grid_resumes_per_backbone_variant_and_seed(monkeypatch, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         kar_ml100k.main([*args, "name=cut"])
     partial = json.loads((tmp_path / "cut.json").read_text())
-    assert partial["complete"] is False and len(partial["runs"]) == 4 and len(partial["missing"]) == 4
+    assert partial["complete"] is False and len(partial["runs"]) == 4 and len(partial["missing"]) == 4 + 3 * 8
     monkeypatch.setattr(kar_ml100k, "run_cell", run_cell)
     calls.clear()
     kar_ml100k.main([*args, "name=cut"])
