@@ -9,8 +9,9 @@ which holds this repository's smollm2-135m generation for ml100k: the stage take
 ``texts=none`` generates everything).
 
 A subset of the grid (``variants=none``: the backbones alone, which need no knowledge) can run first; a later run
-with more of the grid adds to the same result. Resumable: every finished run is written at once (``complete: false`` and ``missing`` while any is left); a re-run
-with the same settings runs only the missing (backbone, variant, seed) runs, other settings are refused in one line
+with more of the grid adds to the same result. Resumable: every finished run is written at once (``complete:
+false`` and ``missing`` while any of the whole benchmark is left); a re-run with the same settings runs only the
+missing (backbone, variant, seed) runs, other settings are refused in one line
 (``fresh=true`` starts over).
 
     python -m benchmarks.kar_ml100k [seeds=0,1,2] [backbones=din,deepfm,dcnv2,autoint]
