@@ -278,3 +278,50 @@ def test_load_recommends_the_test_loops_top_k(model_name, tmp_path, one_thread, 
     # exclude_seen drops exactly the history's items
     seen_free = rec.recommend(histories[0], k=k, exclude_seen=True, user=users[0])
     assert seen_free and not {x["item"] for x in seen_free} & set(histories[0])
+
+
+@pytest.mark.parametrize("model_name", MODELS.names())
+def test_build_checks_the_settings_before_loading_data_or_building_a_stage(model_name, tmp_path, monkeypatch):
+    import zoo.data.loading
+    import zoo.stages
+    from zoo.errors import ConfigError
+
+    cfg = config(model_name, tmp_path)
+    cls = MODELS.get(model_name)
+
+    def refuse(cls_, cfg_):
+        raise ConfigError("refused by check_config")
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("data loaded or a stage built before the settings were checked")
+
+    monkeypatch.setattr(cls, "check_config", classmethod(refuse), raising=False)
+    monkeypatch.setattr(zoo.data.loading, "load_corpus", must_not_run)
+    monkeypatch.setattr(zoo.stages, "resolve", must_not_run)
+    with pytest.raises(ConfigError, match="refused by check_config"):
+        build(cfg)
+    with pytest.raises(ConfigError, match="refused by check_config"):
+        compose(cfg.recipe, [*SHRINK, *cls.test_overrides])
+
+
+@pytest.mark.parametrize(
+    "recipe, override, message",
+    [
+        ("sasrec_ml100k", "model.train_rows=window", "unknown model.train_rows 'window'"),
+        ("laser_ml100k", "model.prefix=image", "unknown model.prefix 'image'"),
+        ("laser_ml100k", "model.mformer_router=soft", "unknown model.mformer_router 'soft'"),
+        ("p5_ml100k", "model.arch=rnn", "unknown model.arch 'rnn'"),
+        ("p5_ml100k", "model.eval_prompt=new", "unknown model.eval_prompt 'new'"),
+        ("palr_ml100k", "model.retriever=bm25", "unknown model.retriever 'bm25'"),
+        ("uem_genres_ml100k", "model.history=audio", "unknown model.history 'audio'"),
+        ("kar_din_ml100k", "model.kar_adaptor=moe", "unknown model.kar_adaptor 'moe'"),
+        ("kar_deepfm_ml100k", "model.kar_towers=all", "unknown model.kar_towers 'all'"),
+        ("kar_din_ml100k", "model.kar_backend=grpc", "unknown model.kar_backend 'grpc'"),
+    ],
+)
+def test_a_bad_model_setting_fails_in_one_line_when_composed(recipe, override, message):
+    from zoo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message) as err:
+        compose(recipe, [override])
+    assert "\n" not in str(err.value)

@@ -283,6 +283,7 @@ def _check_choices(cfg: DictConfig) -> None:
             raise ConfigError(f"invalid {key}={value!r}; valid: {', '.join(str(v) for v in valid if v is not None)}")
     SOURCES.get(cfg.data.name)
     model_cls = MODELS.get(cfg.model.name)
+    getattr(model_cls, "check_config", lambda cfg: None)(cfg)  # zoo.models.base.RecModel.check_config
     loss_kind = getattr(model_cls, "loss_kind", "none")
     kind = LOSSES.get(cfg.loss.name).kind
     if loss_kind != "none" and kind != loss_kind:

@@ -102,6 +102,13 @@ class RecModel(L.LightningModule):
         return tuple(cls.stages)
 
     @classmethod
+    def check_config(cls, cfg: DictConfig) -> None:
+        """This method's checks of its settings that need no data: a ``ConfigError`` (one line) for an impossible
+        one. Run when the config is composed and again by ``zoo.build.build`` before any data is loaded or stage
+        built, so a typo fails at once rather than after a retriever or an LLM stage has run. Checks that need the
+        data (the catalogue size, titles) stay in ``__init__``. Default: none."""
+
+    @classmethod
     def protocol_for(cls, cfg: DictConfig, protocol, artifacts: dict):
         """The evaluation protocol this method runs under, given the configured one and its stage artifacts
         (a re-ranker ranks its retriever's lists); default: the configured protocol."""

@@ -28,8 +28,8 @@ from torch import nn
 
 from zoo.errors import ConfigError
 from zoo.models.base import ModelConfig, RecModel
-from zoo.models.kar.knowledge import TOWERS, KARConfig, load_vectors
-from zoo.modules.experts import build_adaptor
+from zoo.models.kar.knowledge import TOWERS, KARConfig, generation_settings, load_vectors
+from zoo.modules.experts import ADAPTORS, build_adaptor
 from zoo.registry import MODELS
 
 MAX_RATING = 10  # rating embedding ids 0 (padding) .. 10 (ratings are rounded and clipped)
@@ -60,14 +60,22 @@ class CTRBackbone(RecModel):
     test_overrides = ("model.embed_dim=8", "model.mlp=[16,8]")
 
     @classmethod
-    def stages_for(cls, cfg) -> tuple[str, ...]:
-        if not cfg.model.kar:
-            return ()
+    def check_config(cls, cfg) -> None:
+        """KAR's settings fail here, before its knowledge stages (hours of generation) run."""
+        m = cfg.model
+        if not m.kar:
+            return
         if str(cfg.data.ctr_split) != "users":
             raise ConfigError("model.kar=true needs data.ctr_split=users (KAR's n_u rule decides what is knowledge)")
-        if cfg.model.kar_towers not in TOWERS:
-            raise ConfigError(f"unknown model.kar_towers '{cfg.model.kar_towers}' ({' | '.join(TOWERS)})")
-        return ("kar_vectors",)
+        if m.kar_towers not in TOWERS:
+            raise ConfigError(f"unknown model.kar_towers '{m.kar_towers}' ({' | '.join(TOWERS)})")
+        if m.kar_adaptor not in ADAPTORS:
+            raise ConfigError(f"unknown model.kar_adaptor '{m.kar_adaptor}' ({' | '.join(ADAPTORS)})")
+        generation_settings(m)  # an unknown backend
+
+    @classmethod
+    def stages_for(cls, cfg) -> tuple[str, ...]:
+        return ("kar_vectors",) if cfg.model.kar else ()
 
     def __init__(self, cfg, datamodule, artifacts: dict | None = None) -> None:
         super().__init__(cfg, datamodule, artifacts)

@@ -56,7 +56,8 @@ from zoo.data.prompts import pack_left
 from zoo.errors import ConfigError, DataError
 from zoo.models.base import ModelConfig, RecModel
 from zoo.modules.llm import INJECT, TINY_LLAMA, CausalLMBackbone, LLMConfig, load_tokenizer
-from zoo.modules.mformer import MFormer, MFormerConfig, check_config
+from zoo.modules.mformer import MFormer, MFormerConfig
+from zoo.modules.mformer import check_config as check_mformer
 from zoo.registry import MODELS
 from zoo.stages import STAGES, Artifact, Stage, _wants_gpu, plain
 
@@ -174,8 +175,8 @@ class Laser(RecModel):
             return ()
         return ("retriever", "laser_mformer") if int(cfg.model.stage1_epochs) > 0 else ("retriever",)
 
-    def __init__(self, cfg, datamodule, artifacts: dict | None = None) -> None:
-        super().__init__(cfg, datamodule, artifacts)
+    @classmethod
+    def check_config(cls, cfg) -> None:
         m = cfg.model
         if m.prefix not in PREFIXES:
             raise ConfigError(f"unknown model.prefix '{m.prefix}' ({' | '.join(PREFIXES)})")
@@ -183,7 +184,11 @@ class Laser(RecModel):
             raise ConfigError("laser keeps its LLM frozen: set model.lora_r=0")
         if m.tau <= 0 or m.item_chunk_size < 1:
             raise ConfigError(f"model.tau={m.tau} must be > 0 and model.item_chunk_size={m.item_chunk_size} >= 1")
-        check_config(m)
+        check_mformer(m)
+
+    def __init__(self, cfg, datamodule, artifacts: dict | None = None) -> None:
+        super().__init__(cfg, datamodule, artifacts)
+        m = cfg.model
         titles = datamodule.corpus.item_text.get("title")
         if not titles:
             raise DataError(f"{datamodule.corpus.name}: laser needs item titles (item_text['title'])")

@@ -276,7 +276,8 @@ class P5(RecModel):
     def __init__(self, cfg, datamodule, artifacts: dict | None = None) -> None:
         super().__init__(cfg, datamodule, artifacts)
         m = cfg.model
-        self._check(m, datamodule)
+        if m.eval_task == "direct" and datamodule.protocol.candidates == "full":
+            raise ConfigError("model.eval_task=direct ranks candidate lists: set data.eval_candidates (e.g. 100)")
         self.ids, new_tokens = load_index(self.artifacts["item_index"])
         if len(self.ids) != self.num_items + 1:
             raise ConfigError(f"p5: the item index has {len(self.ids) - 1} ids for {self.num_items} items")
@@ -320,8 +321,9 @@ class P5(RecModel):
         self.weights = np.asarray([m.task_weights[m.tasks.index(t)] if t in m.tasks else 0.0 for t in TASKS])
         self.weights = (self.weights / self.weights.sum()).tolist()
 
-    @staticmethod
-    def _check(m, datamodule) -> None:
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        m = cfg.model
         if m.arch not in ("t5", "causal"):
             raise ConfigError(f"unknown model.arch '{m.arch}' (t5 | causal)")
         unknown = [t for t in m.tasks if t not in TASKS]
@@ -333,8 +335,6 @@ class P5(RecModel):
             raise ConfigError(f"unknown model.eval_task '{m.eval_task}' (sequential | direct)")
         if m.eval_prompt not in ("seen", "unseen"):
             raise ConfigError(f"unknown model.eval_prompt '{m.eval_prompt}' (seen | unseen)")
-        if m.eval_task == "direct" and datamodule.protocol.candidates == "full":
-            raise ConfigError("model.eval_task=direct ranks candidate lists: set data.eval_candidates (e.g. 100)")
         if m.direct_candidates < 2:
             raise ConfigError(f"model.direct_candidates={m.direct_candidates}: at least the target and 1 negative")
 

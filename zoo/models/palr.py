@@ -163,12 +163,13 @@ class PALR(LLMRec):
         path = str(artifacts["retriever"].file("candidates.npz"))
         return Protocol("retriever", 0, path, protocol.mask_seen)
 
-    def __init__(self, cfg, datamodule, artifacts: dict | None = None) -> None:
-        super().__init__(cfg, datamodule, artifacts)
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
         m = cfg.model
         if m.retriever not in RETRIEVERS:
             raise ConfigError(f"unknown model.retriever '{m.retriever}' ({' | '.join(RETRIEVERS)})")
-        if m.retriever in ("file", "stage") and not cfg.data.candidates_path:
+        if m.retriever == "file" and not cfg.data.candidates_path:  # (stage: build sets it from the stage)
             raise ConfigError(
                 "palr with model.retriever=file needs data.candidates_path=<retriever run>/candidates.npz "
                 "(e.g. python -m zoo.run recipe=sasrec_ml100k model.export_candidates_k=50), "
@@ -178,6 +179,10 @@ class PALR(LLMRec):
             raise ConfigError(f"model.retrieval_task_ratio must be in [0, 1], got {m.retrieval_task_ratio}")
         if m.num_candidates < 1:
             raise ConfigError(f"model.num_candidates must be >= 1, got {m.num_candidates}")
+
+    def __init__(self, cfg, datamodule, artifacts: dict | None = None) -> None:
+        super().__init__(cfg, datamodule, artifacts)
+        m = cfg.model
         corpus = datamodule.corpus
         self._profiles = load_profiles(m.profile_path, corpus.user_ids) if m.profile_path else None
         self._popular = None

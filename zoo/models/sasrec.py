@@ -56,11 +56,14 @@ class SASRec(RecModel):
     Config = SASRecConfig
     loss_kind = "item"
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.model.train_rows not in ("sequence", "prefix"):
+            raise ConfigError(f"unknown model.train_rows '{cfg.model.train_rows}' (sequence | prefix)")
+
     def __init__(self, cfg, datamodule: SequentialDataModule, artifacts: dict | None = None) -> None:
         super().__init__(cfg, datamodule, artifacts)
         m = cfg.model
-        if m.train_rows not in ("sequence", "prefix"):
-            raise ConfigError(f"unknown model.train_rows '{m.train_rows}' (sequence | prefix)")
         if m.export_candidates_k < 0 or m.export_candidates_k > self.num_items:
             raise ConfigError(f"model.export_candidates_k must be in 0..{self.num_items}, got {m.export_candidates_k}")
         self.max_len = int(cfg.data.max_len)

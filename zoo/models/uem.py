@@ -412,14 +412,17 @@ class UEMGenres(SoftHistory, LLMRec):
     def stages_for(cls, cfg) -> tuple[str, ...]:
         return ("item_embeddings",) if cfg.model.history == "soft" else ()
 
-    def __init__(self, cfg, datamodule, artifacts: dict | None = None) -> None:
-        m = cfg.model
-        if m.history not in HISTORY_MODES:
-            raise ConfigError(f"unknown model.history '{m.history}' ({' | '.join(HISTORY_MODES)})")
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        if cfg.model.history not in HISTORY_MODES:
+            raise ConfigError(f"unknown model.history '{cfg.model.history}' ({' | '.join(HISTORY_MODES)})")
         if cfg.loss.name != "lml":
             raise ConfigError(
                 f"uem_genres trains with loss.name=lml (its answers are genre lists, not titles), got {cfg.loss.name}"
             )
+
+    def __init__(self, cfg, datamodule, artifacts: dict | None = None) -> None:
+        m = cfg.model
         if not hasattr(datamodule, "genre_names"):
             raise ConfigError("uem_genres needs the multilabel family's GenreDataModule")
         self.num_labels = len(datamodule.genre_names)
