@@ -24,9 +24,11 @@ missing (backbone, variant, seed) runs, other settings are refused in one line
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,6 +88,30 @@ def table(runs: list[dict], backbones: list[str]) -> dict:
     return out
 
 
+def run_key(run: dict) -> tuple:
+    return run["backbone"], run["variant"], int(run["seed"])
+
+
+def merged(stored: list[dict], ours: list[dict]) -> list[dict]:
+    """The union of two lists of runs (ours win on the same key), in the grid's order."""
+    by_key = {run_key(r): r for r in [*stored, *ours]}
+    order = {key: i for i, key in enumerate((b, v, s) for b in BACKBONES for v in VARIANTS for s in range(1000))}
+    return sorted(by_key.values(), key=lambda r: order.get(run_key(r), len(order)))
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """An exclusive lock for the read-merge-write of ``path`` (two calls on different backbones at once)."""
+    import fcntl
+
+    with open(Path(tempfile.gettempdir()) / f"zoo-{path.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def run_cell(recipe: str, overrides: list[str]) -> dict:
     """One training run of ``recipe`` with ``overrides``: its final metrics."""
     from zoo.config import compose
@@ -136,7 +162,7 @@ def main(argv: list[str]) -> None:
     stored = resumable_result(path, settings, flag(values, "fresh"), key="settings")
     runs: list[dict] = list(stored["runs"]) if stored else []
     done = {(r["backbone"], r["variant"], int(r["seed"])) for r in runs}
-    load = os.getloadavg()[0]
+    load, merge = os.getloadavg()[0], not flag(values, "fresh")
     for backbone, variant, seed, recipe, extra in grid:
         if (backbone, variant, seed) in done:
             print(f"{backbone} {variant} seed {seed}: already in {path.name}, skipped", flush=True)
@@ -155,23 +181,29 @@ def main(argv: list[str]) -> None:
             }
         )
         done.add((backbone, variant, seed))
-        # complete = the whole benchmark (every backbone and variant for these seeds), not just this call's subset
-        missing = [f"{b} {v} seed {s}" for b, v, s, _, _ in cells(BACKBONES, seeds) if (b, v, s) not in done]
-        write_json_atomic(  # after every run: a killed grid keeps what it finished and resumes from it
-            path,
-            {
-                "dataset": "ml100k",
-                "settings": settings,
-                "seeds": seeds,
-                "complete": not missing,
-                "missing": missing,
-                "threads": threads,
-                "hardware": hardware(),
-                "load_avg_1m_at_start": round(load, 2),
-                "cells": table(runs, [b for b in BACKBONES if any(r["backbone"] == b for r in runs)]),
-                "runs": runs,
-            },
-        )
+        with locked(path):  # another call on other backbones may have written runs since: keep them
+            if merge:
+                latest = resumable_result(path, settings, key="settings")
+                runs = merged(latest["runs"] if latest else [], runs)
+            merge = True  # fresh=true: the first write replaces the old file, later ones merge
+            done = {run_key(r) for r in runs}
+            # complete = the whole benchmark (every backbone and variant for these seeds), not this call's subset
+            missing = [f"{b} {v} seed {s}" for b, v, s, _, _ in cells(BACKBONES, seeds) if (b, v, s) not in done]
+            write_json_atomic(  # after every run: a killed grid keeps what it finished and resumes from it
+                path,
+                {
+                    "dataset": "ml100k",
+                    "settings": settings,
+                    "seeds": seeds,
+                    "complete": not missing,
+                    "missing": missing,
+                    "threads": threads,
+                    "hardware": hardware(),
+                    "load_avg_1m_at_start": round(load, 2),
+                    "cells": table(runs, [b for b in BACKBONES if any(r["backbone"] == b for r in runs)]),
+                    "runs": runs,
+                },
+            )
         print(f"{backbone} {variant} seed {seed}: AUC {metrics.get('test/auc', float('nan')):.4f}", flush=True)
     print(f"{len(runs)} runs -> {path}")
 

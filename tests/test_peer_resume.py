@@ -169,3 +169,24 @@ def test_kar_grid_resumes_per_backbone_variant_and_seed(monkeypatch, tmp_path):
         kar_ml100k.main([*args, "name=cut", "max_time=00:00:01:00"])
     with pytest.raises(ConfigError, match="no such folder"):
         kar_ml100k.main(["texts=/nonexistent"])
+
+
+def test_kar_calls_on_other_backbones_at_once_keep_each_others_runs(monkeypatch, tmp_path):
+    from benchmarks import kar_ml100k
+
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    args = ["seeds=0", "texts=none", "variants=none", "name=lanes"]
+    fake = {"test/auc": 0.75, "test/logloss": 0.5, "test/gauc": 0.7}
+    nested = []
+
+    def run_cell(recipe, overrides):
+        if recipe.startswith("deepfm") and not nested:  # while deepfm trains, another call does din
+            nested.append(True)
+            kar_ml100k.main(["backbones=din", *args])
+        return fake
+
+    monkeypatch.setattr(kar_ml100k, "run_cell", run_cell)
+    kar_ml100k.main(["backbones=deepfm", *args])
+    result = json.loads((tmp_path / "lanes.json").read_text())
+    assert [(r["backbone"], r["variant"]) for r in result["runs"]] == [("din", "none"), ("deepfm", "none")]
+    assert set(result["cells"]) == {"din", "deepfm"}
