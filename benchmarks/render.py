@@ -254,6 +254,33 @@ def overview_table(datasets: list[str], cells: list[dict], papers: Papers) -> li
     return lines
 
 
+def kar_table(result: dict, link: str) -> list[str]:
+    """Markdown lines of ``benchmarks.kar_ml100k``'s result: test AUC (mean ± std over the seeds) of every backbone
+    alone and with each kind of KAR knowledge, and whether the full KAR's gain clears the larger seed spread."""
+    variants = (("none", "alone"), ("reasoning", "+ reasoning"), ("fact", "+ fact"), ("both", "+ KAR (both)"))
+    seeds = len(result.get("seeds", []))
+    lines = [
+        f"### KAR on MovieLens-100K (KAR's user split; test AUC, mean ± std over {seeds} seeds; [json]({link}))",
+        "",
+        "| Backbone | " + " | ".join(title for _, title in variants) + " | KAR gain | beyond the spread | 1 + 1 > 2 |",
+        "|---|" + "---|" * (len(variants) + 3),
+    ]
+    for backbone, cell in result.get("cells", {}).items():
+        row = [backbone]
+        for variant, _ in variants:
+            auc = cell.get(variant, {}).get("auc")
+            row.append(f"{auc['mean']:.4f} ± {auc['std']:.4f}" if auc else "—")
+        gain = cell.get("both_auc_gain")
+        row.append(f"{gain['abs']:+.4f} ({gain['relative']:+.2%})" if gain else "—")
+        row.append(("yes" if gain["beyond_spread"] else "no") if gain else "—")
+        both = cell.get("both_exceeds_sum_of_parts")
+        row.append("—" if both is None else ("yes" if both else "no"))
+        lines.append("| " + " | ".join(row) + " |")
+    if not result.get("complete", False):
+        lines += ["", f"Incomplete: {len(result.get('missing', []))} runs missing."]
+    return lines
+
+
 def render_markdown(
     cells: list[dict], others: list[tuple[Path, str]], papers: Papers, out: Path, plots: dict[str, Path]
 ) -> str:
@@ -301,7 +328,8 @@ def render_markdown(
             lines.append("No runs yet.")
             continue
         lines += dataset_table(dataset, dataset_cells, papers, base)
-    if ctr_cells:
+    kar = next((p for p, _ in others if p.name == "kar_ml100k.json"), None)
+    if ctr_cells or kar is not None:
         lines += [
             "",
             "## CTR models",
@@ -313,6 +341,8 @@ def render_markdown(
         for dataset in sorted({c["dataset"] for c in ctr_cells}):
             lines += [f"### {papers.dataset_titles.get(dataset, dataset)} (`{dataset}`)", ""]
             lines += ctr_table(dataset, [c for c in ctr_cells if c["dataset"] == dataset], base) + [""]
+        if kar is not None:
+            lines += kar_table(json.loads(kar.read_text()), os.path.relpath(kar, base)) + [""]
     if others:
         lines += ["", "## Other benchmarks", "", "Result files not part of the grid, listed as they are:", ""]
         lines += [f"- [{p.name}]({os.path.relpath(p, base)})" + (f" ({note})" if note else "") for p, note in others]

@@ -81,6 +81,35 @@ def test_render_lists_other_files_without_tabulating_them(rendered) -> None:
         assert (out_dir / link).resolve().is_file(), link
 
 
+def test_render_tabulates_the_kar_benchmark_in_the_ctr_section(tmp_path: Path) -> None:
+    from benchmarks import kar_ml100k
+
+    runs = [
+        {
+            "backbone": "din",
+            "variant": v,
+            "seed": s,
+            "test/auc": 0.75 + gain + s / 1000,
+            "test/logloss": 0.5,
+            "test/gauc": 0.7,
+        }
+        for v, gain in (("none", 0.0), ("reasoning", 0.004), ("fact", 0.002), ("both", 0.01))
+        for s in (0, 1)
+    ]
+    result = {
+        "seeds": [0, 1],
+        "complete": False,
+        "missing": ["deepfm none seed 0"],
+        "cells": kar_ml100k.table(runs, ["din"]),
+    }
+    (tmp_path / "kar_ml100k.json").write_text(json.dumps(result))
+    text = lb_render.render(tmp_path, tmp_path / "LEADERBOARD.md", tmp_path / "plots", lb_run.PAPERS_PATH).read_text()
+    section = text.split("## CTR models", 1)[1].split("\n## ", 1)[0]
+    row = next(line for line in section.splitlines() if line.startswith("| din |"))
+    assert "0.7505 ± 0.0007" in row and "0.7605 ± 0.0007" in row and "+0.0100 (+1.33%)" in row
+    assert row.endswith("| yes | yes |") and "Incomplete: 1 runs missing." in section
+
+
 def test_render_writes_one_png_per_dataset_with_results(rendered) -> None:
     out_dir, _ = rendered
     plots = sorted(p.name for p in (out_dir / "plots").iterdir())
