@@ -161,7 +161,7 @@ def main(argv: list[str]) -> None:
     settings = {"overrides": overrides, "texts": "none" if texts is None else Path(texts).name}
     stored = resumable_result(path, settings, flag(values, "fresh"), key="settings")
     runs: list[dict] = list(stored["runs"]) if stored else []
-    done = {(r["backbone"], r["variant"], int(r["seed"])) for r in runs}
+    done = {run_key(r) for r in runs}
     load, merge = os.getloadavg()[0], not flag(values, "fresh")
     for backbone, variant, seed, recipe, extra in grid:
         if (backbone, variant, seed) in done:
