@@ -10,6 +10,7 @@ from zoo.models import (
     pop,  # noqa: F401  (registration)
     rqvae,  # noqa: F401  (registration)
     sasrec,  # noqa: F401  (registration)
+    sasrec_kar,  # noqa: F401  (registration)
     tiger,  # noqa: F401  (registration)
     uem,  # noqa: F401  (registration)
 )

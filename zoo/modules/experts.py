@@ -9,7 +9,8 @@ vectors out, trained jointly with the CTR backbone.
 * ``mlp``: one MLP per tower.
 
 ``forward(x_r, x_f)`` returns ``(z_r, z_f)`` ([B, out] each); ``gates(x_r, x_f)`` the gate weights per tower
-(what the tests check sums to 1).
+(what the tests check sums to 1). :class:`TowerAdaptor` is one tower alone (a model with item knowledge only,
+``zoo.models.sasrec_kar``): ``mlp`` one expert, ``hybrid`` a softmax gate over its dedicated experts.
 """
 
 from __future__ import annotations
@@ -94,6 +95,33 @@ class MLPAdaptor(nn.Module):
 
     def forward(self, x_r: torch.Tensor, x_f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.reasoning(x_r), self.fact(x_f)
+
+
+TOWER_ADAPTORS = ("mlp", "hybrid")
+
+
+class TowerAdaptor(nn.Module):
+    """One knowledge tower: ``forward(x) -> [..., out]``; ``hybrid``: a softmax gate over ``n_experts`` experts,
+    ``mlp``: one expert."""
+
+    def __init__(self, kind: str, dim: int, hidden: int, out: int, n_experts: int = 8, dropout: float = 0.0) -> None:
+        super().__init__()
+        if kind not in TOWER_ADAPTORS:
+            raise ConfigError(f"unknown one-tower adaptor '{kind}' ({' | '.join(TOWER_ADAPTORS)})")
+        count = 1 if kind == "mlp" else n_experts
+        if count < 1:
+            raise ConfigError("the hybrid adaptor needs at least one expert")
+        self.experts = nn.ModuleList(expert(dim, hidden, out, dropout) for _ in range(count))
+        self.gate = nn.Linear(dim, count) if kind == "hybrid" else None
+
+    def gates(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gate(x).softmax(-1) if self.gate is not None else x.new_ones(*x.shape[:-1], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate is None:
+            return self.experts[0](x)
+        outputs = torch.stack([e(x) for e in self.experts], dim=-2)  # [..., E, out]
+        return (self.gates(x).unsqueeze(-1) * outputs).sum(-2)
 
 
 def build_adaptor(

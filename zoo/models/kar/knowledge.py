@@ -196,23 +196,24 @@ class KARKnowledgeStage(Stage):
 
     name = "kar_knowledge"
     version = 1
+    users = True  # the user reasoning prompts too (the CTR task's n_u rule); the item-only stage has none
 
     def inputs(self, cfg, corpus):
         m = cfg.model
-        return {
-            "domain": load_domain(m.kar_domain),
-            "prefix": int(cfg.data.ctr_prefix),
-            "generation": generation_settings(m),
-        }
+        out = {"domain": load_domain(m.kar_domain), "generation": generation_settings(m)}
+        if self.users:
+            out["prefix"] = int(cfg.data.ctr_prefix)
+        return out
 
     def build(self, cfg, corpus, out, upstream):
         m = cfg.model
         spec = load_domain(m.kar_domain)
         settings = generation_settings(m)
-        user_keys, user_texts, histories = user_prompts(corpus, spec, int(cfg.data.ctr_prefix))
+        user_keys, user_texts, histories = user_prompts(corpus, spec, int(cfg.data.ctr_prefix)) if self.users else ([], [], [])
         item_keys, item_texts = item_prompts(corpus, spec)
-        # a cache outside the artifact's temporary folder: a killed build resumes from it
-        cache = stage_root(cfg) / self.name / "texts" / f"{corpus.name}-{_digest(settings)}.jsonl"
+        # a cache outside the artifact's temporary folder: a killed build resumes from it (shared by the item-only
+        # stage: the same prompt under the same settings is generated once)
+        cache = stage_root(cfg) / "kar_knowledge" / "texts" / f"{corpus.name}-{_digest(settings)}.jsonl"
         generator = build_generator(m)
         keys = [f"user:{k}" for k in user_keys] + [f"item:{k}" for k in item_keys]
         prompts = user_texts + item_texts
@@ -239,6 +240,17 @@ class KARKnowledgeStage(Stage):
             "kar_knowledge/generate_s": round(took, 3),
             "kar_knowledge/new_tokens": new_tokens,
         }
+
+
+@STAGES.register("kar_item_knowledge")
+class KARItemKnowledgeStage(KARKnowledgeStage):
+    """Item factual knowledge only (the same prompts, settings and text cache as ``kar_knowledge``): what item
+    side information needs (the sequential variant, ``zoo.models.sasrec_kar``), without a CTR split or user
+    prompts; ``knowledge.json`` has empty ``users`` and ``user_history``."""
+
+    name = "kar_item_knowledge"
+    version = 1
+    users = False
 
 
 def load_knowledge(artifact) -> dict:
@@ -319,6 +331,35 @@ class KARVectorsStage(Stage):
         np.save(out / "user_vectors.npy", user_vectors)
         np.save(out / "item_vectors.npy", item_vectors)
         return {"kar_vectors/dim": vectors.shape[1]}
+
+
+@STAGES.register("kar_item_vectors")
+class KARItemVectorsStage(Stage):
+    """``item_vectors.npy`` [N+1, d] (row 0 = padding, zeros) of the item-only knowledge, encoded as
+    ``kar_vectors`` encodes items (the answer alone)."""
+
+    name = "kar_item_vectors"
+    version = 1
+    needs = ("kar_item_knowledge",)
+
+    def inputs(self, cfg, corpus):
+        return {"encoder": cfg.model.kar_encoder, "max_tokens": int(cfg.model.kar_max_text_tokens)}
+
+    def build(self, cfg, corpus, out, upstream):
+        from zoo.stages import _wants_gpu
+
+        m = cfg.model
+        knowledge = load_knowledge(upstream["kar_item_knowledge"])
+        items = [str(corpus.item_ids[i]) for i in range(1, corpus.num_items + 1)]
+        texts = [knowledge["items"][i]["text"] for i in items]
+        device = "cuda" if _wants_gpu(cfg) else "cpu"
+        vectors = encode_texts(texts, m.kar_encoder, int(m.kar_encode_batch), int(m.kar_max_text_tokens), device)
+        np.save(out / "item_vectors.npy", np.concatenate([np.zeros((1, vectors.shape[1]), np.float32), vectors]))
+        return {"kar_item_vectors/dim": vectors.shape[1]}
+
+
+def load_item_vectors(artifact) -> np.ndarray:
+    return np.load(artifact.file("item_vectors.npy"))
 
 
 def load_vectors(artifact) -> tuple[np.ndarray, np.ndarray]:
