@@ -88,7 +88,9 @@ def test_knowledge_off_is_sasrec_itself(corpus, tmp_path):
     plain, _ = build(config(tmp_path, "model.kar=false"), corpus=corpus)
     torch.manual_seed(0)
     sasrec, _ = build(
-        compose("sasrec_ml100k", [*SHRINK, f"run_root={tmp_path}", "logger.name=none", "seed=0", "model.hidden_size=16"]),
+        compose(
+            "sasrec_ml100k", [*SHRINK, f"run_root={tmp_path}", "logger.name=none", "seed=0", "model.hidden_size=16"]
+        ),
         corpus=corpus,
     )
     assert type(sasrec) is SASRec and not isinstance(plain.encoder.item_embedding, KnowledgeItemEmbedding)

@@ -209,7 +209,9 @@ class KARKnowledgeStage(Stage):
         m = cfg.model
         spec = load_domain(m.kar_domain)
         settings = generation_settings(m)
-        user_keys, user_texts, histories = user_prompts(corpus, spec, int(cfg.data.ctr_prefix)) if self.users else ([], [], [])
+        user_keys, user_texts, histories = (
+            user_prompts(corpus, spec, int(cfg.data.ctr_prefix)) if self.users else ([], [], [])
+        )
         item_keys, item_texts = item_prompts(corpus, spec)
         # a cache outside the artifact's temporary folder: a killed build resumes from it (shared by the item-only
         # stage: the same prompt under the same settings is generated once)
