@@ -9,12 +9,15 @@ with one group of overrides changed against the ``base`` arm, for the same seeds
 * ``batch_32`` / ``batch_128``: more users a step, so fewer optimizer steps an epoch;
 * ``dropout_0.2``: RecBole's and the recipe's 0.5 hidden / attention dropout lowered;
 * ``lr_3e-3``, ``cosine``: learning rate and schedule (cosine decay with 200 warmup steps over the epoch budget);
+* ``kar_items``: not a training factor but side information (issue #17's sequential KAR variant): the model
+  ``sasrec_kar``, KAR's SmolLM2 item facts (``benchmarks/knowledge``) through MiniLM and an MLP adaptor added to
+  the item embedding, everything else the ``base`` arm's;
 * model-selection noise is read from the runs themselves: per arm, the spread of test NDCG@10 over seeds, and the
   gap between the best validation and the test NDCG@10 (943 validation users: one hit is 0.1% of recall).
 
 Resumable at (arm, seed) granularity, as the peer benchmark: each finished run is written to the result at once,
 a re-run with the same settings does only the missing ones (``fresh=true`` starts over). A run takes up to
-``max_minutes`` (default 8) at one thread, so the 7 arms x 3 seeds take up to about 3 hours:
+``max_minutes`` (default 8) at one thread, so the 8 arms x 3 seeds take up to about 3 hours:
 
     nohup python -m benchmarks.sasrec_factors [arms=base,prefix_rows,...] [seeds=0,1,2] [max_minutes=8]
         [threads=1] [name=sasrec_factors_ml100k] [fresh=false] > /tmp/factors.log 2>&1 &
@@ -41,6 +44,11 @@ ARMS: dict[str, dict] = {
     "dropout_0.2": {"overrides": ["model.dropout=0.2", "model.attn_dropout=0.2"], "batch_size": 6, "patience": 20},
     "lr_3e-3": {"overrides": ["optim.lr=0.003"], "batch_size": 6, "patience": 20},
     "cosine": {"overrides": ["optim.scheduler=cosine", "optim.warmup_steps=200"], "batch_size": 6, "patience": 20},
+    "kar_items": {
+        "overrides": ["model.name=sasrec_kar", "model.kar_domain=movies", "model.kar_texts_dir=benchmarks/knowledge"],
+        "batch_size": 6,
+        "patience": 20,
+    },
 }
 MAX_EPOCHS = 300
 
