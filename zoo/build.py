@@ -57,7 +57,7 @@ def build(cfg: DictConfig, corpus: Corpus | None = None, stages: dict | None = N
     from zoo.stages import resolve
 
     model_cls = MODELS.get(cfg.model.name)
-    getattr(model_cls, "check_config", lambda cfg: None)(cfg)  # a stage module (RQ-VAE) may have none
+    getattr(model_cls, "check_config", lambda cfg: None)(cfg)  # again: a config edited after compose (benchmarks)
     task = task_of(model_cls)
     apply_defaults(cfg, task)
     protocol = Protocol.from_config(cfg)

@@ -46,6 +46,7 @@ from torch import nn
 from zoo.data.datamodule import DataSpec
 from zoo.data.indexing import load_index
 from zoo.errors import ConfigError
+from zoo.evaluation import Protocol
 from zoo.models.base import ModelConfig, RecModel
 from zoo.modules.batching import length_groups
 from zoo.modules.beam_search import beam_search, candidate_beam_search
@@ -276,8 +277,6 @@ class P5(RecModel):
     def __init__(self, cfg, datamodule, artifacts: dict | None = None) -> None:
         super().__init__(cfg, datamodule, artifacts)
         m = cfg.model
-        if m.eval_task == "direct" and datamodule.protocol.candidates == "full":
-            raise ConfigError("model.eval_task=direct ranks candidate lists: set data.eval_candidates (e.g. 100)")
         self.ids, new_tokens = load_index(self.artifacts["item_index"])
         if len(self.ids) != self.num_items + 1:
             raise ConfigError(f"p5: the item index has {len(self.ids) - 1} ids for {self.num_items} items")
@@ -337,6 +336,8 @@ class P5(RecModel):
             raise ConfigError(f"unknown model.eval_prompt '{m.eval_prompt}' (seen | unseen)")
         if m.direct_candidates < 2:
             raise ConfigError(f"model.direct_candidates={m.direct_candidates}: at least the target and 1 negative")
+        if m.eval_task == "direct" and Protocol.from_config(cfg).candidates == "full":
+            raise ConfigError("model.eval_task=direct ranks candidate lists: set data.eval_candidates (e.g. 100)")
 
     @staticmethod
     def _build_t5(m, tokenizer, prompts: P5Prompts):
