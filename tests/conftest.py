@@ -137,3 +137,19 @@ def without_log_lines(text: str) -> str:
     import re
 
     return "".join(line for line in text.splitlines(keepends=True) if not re.match(LOG_LINE, line))
+
+
+@pytest.fixture
+def kar_prompts(monkeypatch):
+    """KAR's text generator replaced by one that answers "NEW" to every prompt; the list of prompts it was asked."""
+    from zoo.models.kar import knowledge
+
+    asked: list[str] = []
+
+    class Recording:
+        def generate(self, prompts):
+            asked.extend(prompts)
+            return ["NEW"] * len(prompts)
+
+    monkeypatch.setattr(knowledge, "build_generator", lambda m: Recording())
+    return asked

@@ -123,7 +123,7 @@ def test_knowledge_stage_is_cached_and_its_key_covers_the_decoding_settings(kar_
 
 
 def test_knowledge_shipped_for_the_same_settings_is_taken_and_the_rest_generated(
-    kar_din, corpus, tmp_path, monkeypatch
+    kar_din, corpus, tmp_path, monkeypatch, kar_prompts
 ):
     import json
 
@@ -138,25 +138,17 @@ def test_knowledge_shipped_for_the_same_settings_is_taken_and_the_rest_generated
     shipped.parent.mkdir()
     shipped.write_text("\n".join(lines[:-1]) + "\n")  # every record but the last one
     before = shipped.read_text()
-    asked = []
-
-    class Recording:
-        def generate(self, prompts):
-            asked.extend(prompts)
-            return ["NEW"] * len(prompts)
-
-    monkeypatch.setattr(knowledge, "build_generator", lambda m: Recording())
     other = compose(cfg.recipe, [*SHRINK, *TINY, f"model.kar_texts_dir={shipped.parent}"])
     other.data.cache_dir = str(tmp_path / "cache")
     record = knowledge.load_knowledge(resolve("kar_knowledge", other, corpus))
     texts = {f"user:{k}": v["text"] for k, v in record["users"].items()}
     texts.update({f"item:{k}": v["text"] for k, v in record["items"].items()})
-    assert texts[first["key"]] == "SHIPPED" and texts[last["key"]] == "NEW" and len(asked) == 1
+    assert texts[first["key"]] == "SHIPPED" and texts[last["key"]] == "NEW" and len(kar_prompts) == 1
     assert shipped.read_text() == before  # never written
     monkeypatch.setattr(knowledge, "generation_settings", lambda m: {"other": "settings"})
     other.data.cache_dir = str(tmp_path / "cache2")
     knowledge.load_knowledge(resolve("kar_knowledge", other, corpus))  # no shipped file for these settings
-    assert len(asked) == 1 + len(lines)
+    assert len(kar_prompts) == 1 + len(lines)
 
 
 def test_the_augmented_vector_has_the_stated_size(kar_din, corpus, tmp_path):

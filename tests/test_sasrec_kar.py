@@ -112,26 +112,18 @@ def test_bad_settings_fail_at_compose(tmp_path, override, message):
         config(tmp_path, override)
 
 
-def test_the_item_stage_reuses_the_ctr_stages_texts_for_the_same_settings(built, corpus, monkeypatch):
+def test_the_item_stage_reuses_the_ctr_stages_texts_for_the_same_settings(built, corpus, kar_prompts):
     """Both stages share one text cache: an item fact generated for KAR's CTR models is not generated again."""
     cfg, _, _ = built
     texts = next((stage_root(cfg) / "kar_knowledge" / "texts").glob("*.jsonl"))
     assert len(texts.read_text().splitlines()) == corpus.num_items
-    asked = []
-
-    class Recording:
-        def generate(self, prompts):
-            asked.extend(prompts)
-            return ["NEW"] * len(prompts)
-
-    monkeypatch.setattr(knowledge, "build_generator", lambda m: Recording())
     ctr = compose(
         "kar_din_ml100k",
         [*SHRINK, "model.kar_llm=tiny-llama", "model.kar_max_new_tokens=4"],
     )
     record = knowledge.load_knowledge(resolve("kar_knowledge", ctr, corpus))
-    assert len(asked) == corpus.num_users  # the users only: every item was in the shared cache
-    assert all("history over time" in p for p in asked)
+    assert len(kar_prompts) == corpus.num_users  # the users only: every item was in the shared cache
+    assert all("history over time" in p for p in kar_prompts)
     assert "NEW" not in {v["text"] for v in record["items"].values()}
 
 
