@@ -33,7 +33,9 @@ def corpus():
 
 @pytest.fixture(scope="module")
 def built(corpus, tmp_path_factory):
-    cfg = config(tmp_path_factory.mktemp("sasrec_kar"))
+    root = tmp_path_factory.mktemp("sasrec_kar")
+    cfg = config(root)
+    cfg.data.cache_dir = str(root / "cache")  # its own stage cache: what another test module generated is not in it
     model, dm = build(cfg, corpus=corpus)
     return cfg, model, dm
 
@@ -121,6 +123,7 @@ def test_the_item_stage_reuses_the_ctr_stages_texts_for_the_same_settings(built,
         "kar_din_ml100k",
         [*SHRINK, "model.kar_llm=tiny-llama", "model.kar_max_new_tokens=4"],
     )
+    ctr.data.cache_dir = cfg.data.cache_dir
     record = knowledge.load_knowledge(resolve("kar_knowledge", ctr, corpus))
     assert len(kar_prompts) == corpus.num_users  # the users only: every item was in the shared cache
     assert all("history over time" in p for p in kar_prompts)
