@@ -22,6 +22,7 @@ from zoo.errors import ConfigError
 from zoo.metrics import metrics_from_ranks
 from zoo.models.sasrec import SASRec, export_candidates, top_k_items
 from zoo.modules.sequence_encoder import SequenceEncoder
+from zoo.registry import MODELS
 from zoo.run import run
 
 TINY = [
@@ -336,8 +337,6 @@ def test_run_writes_candidates_after_test(tmp_path):
 
 @pytest.mark.parametrize("name", [n for n in recipe_names() if n.startswith("sasrec")])
 def test_sasrec_recipes_compose(name):
-    from zoo.registry import MODELS
-
     cfg = compose(name)  # sasrec_* recipes: SASRec or a subclass of it (sasrec_kar)
     assert issubclass(MODELS.get(cfg.model.name), SASRec) and cfg.loss.name in ("ce", "bce")
     assert cfg.data.max_len == 50
