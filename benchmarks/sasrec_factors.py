@@ -8,7 +8,9 @@ with one group of overrides changed against the ``base`` arm, for the same seeds
 * ``prefix_rows``: RecBole's rows, one example per (user, prefix), 256 a step (~380 steps an epoch);
 * ``batch_32`` / ``batch_128``: more users a step, so fewer optimizer steps an epoch;
 * ``dropout_0.2``: RecBole's and the recipe's 0.5 hidden / attention dropout lowered;
-* ``lr_3e-3``, ``cosine``: learning rate and schedule (cosine decay with 200 warmup steps over the epoch budget);
+* ``lr_3e-3``, ``lr_5e-3``, ``cosine``: learning rate and schedule (cosine decay with 200 warmup steps over the
+  epoch budget);
+* ``lr_3e-3_batch_16``: a second stage, the one factor that won (lr 3e-3) with 16 users a step;
 * ``kar_items``: not a training factor but side information (issue #17's sequential KAR variant): the model
   ``sasrec_kar``, KAR's SmolLM2 item facts (``benchmarks/knowledge``) through MiniLM and an MLP adaptor added to
   the item embedding, everything else the ``base`` arm's;
@@ -43,6 +45,9 @@ ARMS: dict[str, dict] = {
     "batch_128": {"overrides": [], "batch_size": 128, "patience": 40},
     "dropout_0.2": {"overrides": ["model.dropout=0.2", "model.attn_dropout=0.2"], "batch_size": 6, "patience": 20},
     "lr_3e-3": {"overrides": ["optim.lr=0.003"], "batch_size": 6, "patience": 20},
+    "lr_5e-3": {"overrides": ["optim.lr=0.005"], "batch_size": 6, "patience": 20},
+    # a second stage: the winning factor (lr 3e-3) combined with another
+    "lr_3e-3_batch_16": {"overrides": ["optim.lr=0.003"], "batch_size": 16, "patience": 20},
     "cosine": {"overrides": ["optim.scheduler=cosine", "optim.warmup_steps=200"], "batch_size": 6, "patience": 20},
     "kar_items": {
         "overrides": ["model.name=sasrec_kar", "model.kar_domain=movies", "model.kar_texts_dir=benchmarks/knowledge"],

@@ -94,6 +94,28 @@ def test_resume_refuses_other_settings(fakes):
     assert json.loads((results / "old.json").read_text())["complete"]
 
 
+def test_a_changed_zoo_recipe_reruns_the_zoo_seeds_only(fakes, monkeypatch):
+    calls, results = fakes
+    peer._main(["seeds=0,1", "name=tune"])
+    assert json.loads((results / "tune.json").read_text())["targets"]  # both sides present: the targets are read
+    calls.clear()
+    peer._main(["seeds=0,1", "name=tune"])
+    assert calls == []  # nothing changed: nothing runs
+    real = peer.zoo_settings
+
+    def tuned(args):  # the recipe now sets another learning rate
+        settings = real(args)
+        return {**settings, "recipe": {**settings["recipe"], "optim.lr": 0.5}}
+
+    monkeypatch.setattr(peer, "zoo_settings", tuned)
+    peer._main(["seeds=0,1", "name=tune"])
+    assert calls == [("zoo", 0), ("zoo", 1)]  # RecBole's (hours a seed) are kept
+    calls.clear()
+    peer._main(["seeds=0,1", "name=tune", "zoo_batch_size=12"])
+    assert calls == [("zoo", 0), ("zoo", 1)]
+    assert json.loads((results / "tune.json").read_text())["resume_zoo"]["recipe"]["optim.lr"] == 0.5
+
+
 def test_sasrec_factors_resume_per_arm_and_seed(monkeypatch, tmp_path):
     from benchmarks import sasrec_factors
 
