@@ -11,7 +11,10 @@ checkpoint reached and says it was capped). The data root is ``$ZOO_DATA_DIR`` (
 section).
 
     nohup python -m benchmarks.sasrec_beauty [losses=ce,bce] [max_minutes=0] [seed=42] [threads=0]
-        [run_root=runs/benchmarks] [dotted.key=value ...] > /tmp/beauty.log 2>&1 &
+        [run_root=runs/benchmarks] [suffix=] [dotted.key=value ...] > /tmp/beauty.log 2>&1 &
+
+``suffix=_lr3e-3`` writes ``sasrec_beauty_<loss>_lr3e-3.json`` instead (a variant beside the recipe's run; the
+dotted overrides are recorded in the result).
 
 ``record=RUN_DIR [note=TEXT]`` only records a finished run directory (of the first of ``losses``). ``speed=true``
 instead times training steps (forward, backward, Adam) on ``speed_batches`` Beauty batches with the encoder's
@@ -55,7 +58,7 @@ def validation_curve(run_dir: Path) -> list[float]:
         return [round(float(row["val/ndcg@10"]), 5) for row in csv.DictReader(f) if row.get("val/ndcg@10")]
 
 
-def run_one(loss: str, max_minutes: float, seed: int, run_root: Path, extra: list[str]) -> Path:
+def run_one(loss: str, max_minutes: float, seed: int, run_root: Path, extra: list[str], suffix: str = "") -> Path:
     """Train and test one recipe, then record it."""
     overrides = [f"seed={seed}", "trainer.enable_progress_bar=false", *extra]
     if max_minutes > 0:
@@ -64,10 +67,12 @@ def run_one(loss: str, max_minutes: float, seed: int, run_root: Path, extra: lis
     run_dir = run_root / RECIPES[loss] / time.strftime("%Y%m%d-%H%M%S")
     cfg = compose(RECIPES[loss], [*overrides, f"run_dir={run_dir}"])
     run(cfg)
-    return record(loss, run_dir, max_minutes)
+    return record(loss, run_dir, max_minutes, overrides=extra, suffix=suffix)
 
 
-def record(loss: str, run_dir: Path, max_minutes: float, note: str = "") -> Path:
+def record(
+    loss: str, run_dir: Path, max_minutes: float, note: str = "", overrides: list[str] = (), suffix: str = ""
+) -> Path:
     """Write ``sasrec_beauty_<loss>.json`` from a finished run directory (config.yaml, metrics.json, CSV log)."""
     cfg = OmegaConf.load(run_dir / "config.yaml")
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -77,7 +82,12 @@ def record(loss: str, run_dir: Path, max_minutes: float, note: str = "") -> Path
         "dataset": "beauty",
         "loss": loss,
         "recipe": RECIPES[loss],
-        "command": f"python -m benchmarks.sasrec_beauty losses={loss} max_minutes={max_minutes:g}",
+        "command": " ".join(
+            [f"python -m benchmarks.sasrec_beauty losses={loss} max_minutes={max_minutes:g}"]
+            + ([f"suffix={suffix}"] if suffix else [])
+            + list(overrides)
+        ),
+        "overrides": list(overrides),
         "metrics": metrics,
         "paper": PAPER,
         "meets_paper_ndcg@10": metrics["test/ndcg@10"] >= PAPER["test/ndcg@10"],
@@ -94,7 +104,7 @@ def record(loss: str, run_dir: Path, max_minutes: float, note: str = "") -> Path
     }
     if note:
         payload["note"] = note
-    return write_result(f"sasrec_beauty_{loss}", payload)
+    return write_result(f"sasrec_beauty_{loss}{suffix}", payload)
 
 
 def time_steps(batch_size: int, group_rows: int, batches: int, loss: str) -> list[float]:
@@ -168,6 +178,7 @@ def _main(argv: list[str]) -> None:
             "note": "",  # with record: a note kept in the result
             "speed": False,  # time training steps instead (length grouping off/on)
             "speed_batches": 5,
+            "suffix": "",  # result name sasrec_beauty_<loss><suffix>
         },
         overrides=extra,
     )
@@ -185,8 +196,11 @@ def _main(argv: list[str]) -> None:
     if args["record"]:
         print(f"wrote {record(losses[0], Path(args['record']), max_minutes, args['note'])}", flush=True)
         return
+    suffix = str(args["suffix"])
+    if suffix and not all(c.isalnum() or c in "_-." for c in suffix):
+        raise ConfigError(f"suffix: letters, digits, '_', '-' and '.' only, got {suffix!r}")
     for loss in losses:
-        print(f"wrote {run_one(loss, max_minutes, seed, Path(args['run_root']), extra)}", flush=True)
+        print(f"wrote {run_one(loss, max_minutes, seed, Path(args['run_root']), extra, suffix)}", flush=True)
 
 
 if __name__ == "__main__":
