@@ -3,6 +3,7 @@ and the one ``key=value`` argument parser (``key_values`` + typed readers, ``cli
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import resource
@@ -75,6 +76,21 @@ def write_result(name: str, payload: dict, started: float | None = None, directo
     path = directory / f"{name}.json"
     write_json_atomic(path, record)
     return path
+
+
+@contextlib.contextmanager
+def locked(path: Path):
+    """An exclusive lock for the read-merge-write of a result ``path`` (two calls of a benchmark at once, e.g.
+    on different seeds or backbones, each keep the other's finished runs)."""
+    import fcntl
+    import tempfile
+
+    with open(Path(tempfile.gettempdir()) / f"zoo-{path.name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def resumable_result(path: Path, settings: dict, fresh: bool = False, key: str = "resume") -> dict | None:

@@ -24,11 +24,9 @@ missing (backbone, variant, seed) runs, other settings are refused in one line
 
 from __future__ import annotations
 
-import contextlib
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -99,19 +97,6 @@ def merged(stored: list[dict], ours: list[dict]) -> list[dict]:
     return sorted(by_key.values(), key=lambda r: order.get(run_key(r), len(order)))
 
 
-@contextlib.contextmanager
-def locked(path: Path):
-    """An exclusive lock for the read-merge-write of ``path`` (two calls on different backbones at once)."""
-    import fcntl
-
-    with open(Path(tempfile.gettempdir()) / f"zoo-{path.name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def run_cell(recipe: str, overrides: list[str]) -> dict:
     """One training run of ``recipe`` with ``overrides``: its final metrics."""
     from zoo.config import compose
@@ -122,7 +107,7 @@ def run_cell(recipe: str, overrides: list[str]) -> dict:
 
 def main(argv: list[str]) -> None:
     from benchmarks import common
-    from benchmarks.common import flag, hardware, integer, integers, key_values, names, resumable_result
+    from benchmarks.common import flag, hardware, integer, integers, key_values, locked, names, resumable_result
     from zoo.errors import ConfigError
 
     overrides: list[str] = []

@@ -116,6 +116,27 @@ def test_a_changed_zoo_recipe_reruns_the_zoo_seeds_only(fakes, monkeypatch):
     assert json.loads((results / "tune.json").read_text())["resume_zoo"]["recipe"]["optim.lr"] == 0.5
 
 
+def test_two_calls_at_once_on_other_recbole_seeds_keep_each_others(fakes, monkeypatch):
+    calls, results = fakes
+    real = peer.run_recbole
+    nested = []
+
+    def recbole(seed, *rest):
+        if seed == 0 and not nested:  # while seed 0 trains, a second call does RecBole's seed 1
+            nested.append(True)
+            peer._main(["seeds=0,1", "recbole_seeds=1", "sides=recbole", "name=lanes"])
+        return real(seed, *rest)
+
+    monkeypatch.setattr(peer, "run_recbole", recbole)
+    peer._main(["seeds=0", "recbole_seeds=0", "name=lanes"])
+    result = json.loads((results / "lanes.json").read_text())
+    # the first call wrote last, after the second had written seed 1: both seeds are kept
+    assert [r["seed"] for r in result["recbole"]["runs"]] == [0, 1] and result["complete"]
+    calls.clear()
+    peer._main(["seeds=0", "recbole_seeds=0,1", "name=lanes"])
+    assert calls == []  # nothing is run again
+
+
 def test_sasrec_factors_resume_per_arm_and_seed(monkeypatch, tmp_path):
     from benchmarks import sasrec_factors
 

@@ -22,12 +22,14 @@ takes 1-2 hours a seed on a 2-core machine (issue #21 measured 4,770 s and 4,708
 the zoo at most 8 minutes a seed. Run it as a module from the repository root (the package installed; build the
 venv first with ``bash benchmarks/peers/setup_recbole_env.sh``):
 
-    nohup python -m benchmarks.peers.recbole_sasrec [seeds=0,1,2] [recbole_seeds=SEEDS] [zoo_batch_size=6]
-        [recbole_epochs=0 (no cap)] [zoo_epochs=300] [patience=10] [zoo_patience=20] [zoo_max_minutes=8] [threads=1]
-        [name=peer_sasrec_ml100k_converged] [fresh=false] > /tmp/peer.log 2>&1 &
+    nohup python -m benchmarks.peers.recbole_sasrec [seeds=0,1,2] [recbole_seeds=SEEDS] [zoo_batch_size=0]
+        [recbole_epochs=0 (no cap)] [zoo_epochs=0] [patience=10] [zoo_patience=0] [zoo_max_minutes=8] [threads=1]
+        [sides=recbole,zoo] [name=peer_sasrec_ml100k_converged] [fresh=false] > /tmp/peer.log 2>&1 &
 
-``recbole_seeds`` defaults to ``seeds``; ``patience`` is the early stopping of both sides, in validations
-(``zoo_patience`` the zoo's: its epochs are 4 steps); ``threads`` the torch threads of both sides.
+``recbole_seeds`` defaults to ``seeds``; ``patience`` is RecBole's early stopping, in validations;
+``zoo_batch_size``, ``zoo_epochs`` and ``zoo_patience`` 0 keep the recipe's; ``threads`` the torch threads of both
+sides. Two calls at once on other seeds (``sides=recbole recbole_seeds=1`` beside the main call, one thread each)
+keep each other's finished seeds: every write re-reads the result under a lock and merges.
 """
 
 from __future__ import annotations
@@ -186,7 +188,8 @@ def run_recbole(seed: int, max_epochs: int, patience: int, threads: int, targets
 def run_zoo(
     seed: int, max_epochs: int, patience: int, max_minutes: int, batch_size: int, overrides: tuple[str, ...] = ()
 ) -> dict:
-    """Train and test the zoo's SASRec (recipe ``sasrec_ml100k``, then ``overrides``) with per-epoch timings."""
+    """Train and test the zoo's SASRec (recipe ``sasrec_ml100k``, then ``overrides``) with per-epoch timings.
+    ``max_epochs``, ``patience`` and ``batch_size`` 0 keep the recipe's."""
     import lightning as L
     from lightning.pytorch.callbacks import Callback
 
@@ -219,9 +222,9 @@ def run_zoo(
             RECIPE,
             [
                 f"seed={seed}",
-                f"data.batch_size={batch_size}",
-                f"trainer.max_epochs={max_epochs}",
-                f"trainer.early_stopping_patience={patience}",
+                *([f"data.batch_size={batch_size}"] if batch_size else []),
+                *([f"trainer.max_epochs={max_epochs}"] if max_epochs else []),
+                *([f"trainer.early_stopping_patience={patience}"] if patience else []),
                 f"trainer.max_time=00:{max_minutes // 60:02d}:{max_minutes % 60:02d}:00",
                 "trainer.enable_progress_bar=false",
                 "logger.name=none",
@@ -304,43 +307,44 @@ def time_to_reach(runs: list[dict], threshold: float) -> dict:
 class PeerArgs:
     seeds: list[int]
     recbole_seeds: list[int] | None  # None: the same as seeds
-    zoo_batch_size: int  # users per step; ~45 (prefix, next item) pairs each, so 6 ~ RecBole's 256 prefix rows
+    zoo_batch_size: int  # users per step (0: the recipe's); ~45 pairs a user, so 6 ~ RecBole's 256 prefix rows
     recbole_epochs: int  # cap on RecBole's epochs (time budget)
-    zoo_epochs: int
-    patience: int  # early stopping, in validations, both sides
-    zoo_patience: int  # the zoo's epochs are 4 steps: more patience
+    zoo_epochs: int  # 0: the recipe's
+    patience: int  # RecBole's early stopping, in validations
+    zoo_patience: int  # the zoo's early stopping, in validations (0: the recipe's)
     zoo_max_minutes: int  # cap on the zoo's training time per seed
     threads: int  # torch threads, both sides (1 is faster when shared)
     name: str
     fresh: bool = False  # ignore the finished seeds of an existing result of the same name
+    sides: tuple[str, ...] = ("recbole", "zoo")  # which sides this call runs (two calls at once: other seeds)
 
 
 def parse_args(argv: list[str]) -> PeerArgs:
-    from benchmarks.common import flag, integer, integers, key_values
+    from benchmarks.common import flag, integer, integers, key_values, names
 
     defaults = {
         "seeds": "0,1,2",
         "recbole_seeds": "",
-        "zoo_batch_size": 6,
+        "zoo_batch_size": 0,
         "recbole_epochs": 0,
-        "zoo_epochs": 300,
+        "zoo_epochs": 0,
         "patience": 10,
-        "zoo_patience": 20,
+        "zoo_patience": 0,
         "zoo_max_minutes": 8,
         "threads": 1,
         "name": "peer_sasrec_ml100k_converged",  # peer_sasrec_ml100k.json: the earlier 6-epoch-capped run
         "fresh": "false",
+        "sides": "recbole,zoo",
     }
     values = key_values(argv, defaults)
     whole = ("zoo_batch_size", "recbole_epochs", "zoo_epochs", "patience", "zoo_patience", "zoo_max_minutes", "threads")
-    counts = {
-        key: integer(values, key, minimum=0 if "patience" in key or key == "recbole_epochs" else 1) for key in whole
-    }
+    counts = {key: integer(values, key, minimum=1 if key in ("zoo_max_minutes", "threads") else 0) for key in whole}
     return PeerArgs(
         seeds=integers(values, "seeds", minimum=0),
         recbole_seeds=integers(values, "recbole_seeds", minimum=0) if values["recbole_seeds"] else None,
         name=str(values["name"]),
         fresh=flag(values, "fresh"),
+        sides=tuple(names(values, "sides", choices=["recbole", "zoo"])),
         **counts,
     )
 
@@ -360,19 +364,19 @@ RECIPE = "sasrec_ml100k"
 NO_CAP_EPOCHS = 10_000  # recbole_epochs=0: RecBole's own early stopping ends the run
 
 
-def resume_state(path: Path, args: PeerArgs) -> dict:
+def resume_state(path: Path, args: PeerArgs, fresh: bool, quiet: bool = False) -> dict:
     """Finished seeds of an earlier run of the same benchmark (``results/<name>.json``), by side: a re-run does
-    only the missing seeds. A stored result made with other settings is refused in one line (``fresh=true``
-    starts over)."""
+    only the missing seeds. A stored result made with other RecBole settings is refused in one line
+    (``fresh=true`` starts over); the zoo's seeds are dropped when its settings or recipe changed."""
     from benchmarks.common import resumable_result
 
     state: dict = {"zoo": {}, "recbole": {}, "split_check": {}, "elapsed_s": 0.0}
-    stored = resumable_result(path, {key: getattr(args, key) for key in RESUME_KEYS}, args.fresh)
+    stored = resumable_result(path, {key: getattr(args, key) for key in RESUME_KEYS}, fresh)
     if stored is not None:
         state["recbole"] = {int(run["seed"]): run for run in stored["recbole"]["runs"]}
         if stored.get("resume_zoo") == zoo_settings(args):
             state["zoo"] = {int(run["seed"]): run for run in stored["zoo"]["runs"]}
-        elif stored["zoo"]["runs"]:
+        elif stored["zoo"]["runs"] and not quiet:
             print(f"zoo seeds run again: the zoo's settings or recipe {RECIPE} changed since {path.name}", flush=True)
         state["split_check"] = stored.get("split_check") or {}
         state["elapsed_s"] = float(stored.get("wall_time_s", 0.0))
@@ -393,12 +397,13 @@ def zoo_settings(args: PeerArgs) -> dict:
 def _main(argv: list[str]) -> None:
     import torch
 
-    from benchmarks.common import RESULTS_DIR, write_result
+    from benchmarks.common import RESULTS_DIR, locked, write_result
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     path = RESULTS_DIR / f"{args.name}.json"
-    state = resume_state(path, args)
+    state = resume_state(path, args, args.fresh)
+    merge = not args.fresh
     started = time.time() - state["elapsed_s"]  # wall time summed over the sessions that made the result
     load_before = os.getloadavg()[0]
     recbole_seeds = args.recbole_seeds if args.recbole_seeds is not None else args.seeds
@@ -408,7 +413,7 @@ def _main(argv: list[str]) -> None:
         # RecBole first: it is the expensive side. Every finished seed (either side) is written at once, so a run
         # cut short leaves its finished seeds on disk, marked incomplete, and a re-run does only the rest.
         order = [("recbole", s) for s in recbole_seeds] + [("zoo", s) for s in args.seeds]
-        for side, seed in order:
+        for side, seed in [(side, seed) for side, seed in order if side in args.sides]:
             if seed in state[side]:
                 print(f"{side} seed {seed}: already in {path.name}, skipped", flush=True)
                 continue
@@ -423,37 +428,50 @@ def _main(argv: list[str]) -> None:
                 run = run_zoo(seed, args.zoo_epochs, args.zoo_patience, args.zoo_max_minutes, args.zoo_batch_size)
             state[side][seed] = run
             print(side, json.dumps(run), flush=True)
-            path = write_result(args.name, build_payload(args, state, recbole_seeds, load_before), started, RESULTS_DIR)
+            with locked(path):  # another call (other seeds, at the same time) may have written seeds since: keep them
+                if merge:
+                    latest = resume_state(path, args, False, quiet=True)
+                    for name in ("zoo", "recbole"):
+                        state[name] = {**latest[name], **state[name]}
+                    state["split_check"] = state["split_check"] or latest["split_check"]
+                merge = True  # fresh=true: the first write replaces the old file, later ones merge
+                payload = build_payload(args, state, recbole_seeds, load_before)
+                path = write_result(args.name, payload, started, RESULTS_DIR)
     print(f"wrote {path}")
 
 
 def build_payload(args, state: dict, recbole_seeds: list[int], load: float) -> dict:
-    zoo_runs = [state["zoo"][s] for s in args.seeds if s in state["zoo"]]
+    # the seeds asked for and those another call (or an earlier run) finished: a result keeps every finished seed
+    zoo_seeds = sorted(set(args.seeds) | set(state["zoo"]))
+    recbole_seeds = sorted(set(recbole_seeds) | set(state["recbole"]))
+    zoo_runs = [state["zoo"][s] for s in zoo_seeds if s in state["zoo"]]
     recbole_runs = [state["recbole"][s] for s in recbole_seeds if s in state["recbole"]]
     zoo_summary = aggregate(zoo_runs) if zoo_runs else {}
     recbole_summary = aggregate(recbole_runs) if recbole_runs else {}
     max_epochs = args.recbole_epochs or NO_CAP_EPOCHS
     both = zoo_summary and recbole_summary
+    zoo = zoo_settings(args)
+    recipe = zoo["recipe"]
     return {
         "dataset": "ml100k",
         "settings": SETTINGS,
-        "zoo_seeds": args.seeds,
+        "zoo_seeds": zoo_seeds,
         "recbole_seeds": recbole_seeds,
-        "complete": len(zoo_runs) == len(args.seeds) and len(recbole_runs) == len(recbole_seeds),
+        "complete": len(zoo_runs) == len(zoo_seeds) and len(recbole_runs) == len(recbole_seeds),
         "missing": {
-            "zoo": [s for s in args.seeds if s not in state["zoo"]],
+            "zoo": [s for s in zoo_seeds if s not in state["zoo"]],
             "recbole": [s for s in recbole_seeds if s not in state["recbole"]],
         },
         "resume": {key: getattr(args, key) for key in RESUME_KEYS},
-        "resume_zoo": zoo_settings(args),
+        "resume_zoo": zoo,
         "torch_threads": args.threads,
         "zoo": {
             "recipe": RECIPE,
             "train_mode": "sequence (one row per user, loss at every position)",
-            "batch_size_users": args.zoo_batch_size,
-            "max_epochs": args.zoo_epochs,
+            "batch_size_users": args.zoo_batch_size or recipe.get("data.batch_size"),
+            "max_epochs": args.zoo_epochs or recipe.get("trainer.max_epochs"),
             "max_minutes": args.zoo_max_minutes,
-            "early_stopping_patience": args.zoo_patience,
+            "early_stopping_patience": args.zoo_patience or recipe.get("trainer.early_stopping_patience"),
             "summary": zoo_summary,
             "runs": zoo_runs,
         },
