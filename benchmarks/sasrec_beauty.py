@@ -193,12 +193,13 @@ def _main(argv: list[str]) -> None:
     if flag(args, "speed"):
         print(f"wrote {speed(speed_batches)}", flush=True)
         return
-    if args["record"]:
-        print(f"wrote {record(losses[0], Path(args['record']), max_minutes, args['note'])}", flush=True)
-        return
     suffix = str(args["suffix"])
     if suffix and not all(c.isalnum() or c in "_-." for c in suffix):
         raise ConfigError(f"suffix: letters, digits, '_', '-' and '.' only, got {suffix!r}")
+    if args["record"]:
+        path = record(losses[0], Path(args["record"]), max_minutes, args["note"], suffix=suffix)
+        print(f"wrote {path}", flush=True)
+        return
     for loss in losses:
         print(f"wrote {run_one(loss, max_minutes, seed, Path(args['run_root']), extra, suffix)}", flush=True)
 

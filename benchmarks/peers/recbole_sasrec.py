@@ -364,17 +364,18 @@ RECIPE = "sasrec_ml100k"
 NO_CAP_EPOCHS = 10_000  # recbole_epochs=0: RecBole's own early stopping ends the run
 
 
-def resume_state(path: Path, args: PeerArgs, fresh: bool, quiet: bool = False) -> dict:
+def resume_state(path: Path, args: PeerArgs, zoo: dict, fresh: bool, quiet: bool = False) -> dict:
     """Finished seeds of an earlier run of the same benchmark (``results/<name>.json``), by side: a re-run does
     only the missing seeds. A stored result made with other RecBole settings is refused in one line
-    (``fresh=true`` starts over); the zoo's seeds are dropped when its settings or recipe changed."""
+    (``fresh=true`` starts over); the zoo's seeds are dropped when its settings (``zoo``: :func:`zoo_settings`)
+    or recipe changed."""
     from benchmarks.common import resumable_result
 
     state: dict = {"zoo": {}, "recbole": {}, "split_check": {}, "elapsed_s": 0.0}
     stored = resumable_result(path, {key: getattr(args, key) for key in RESUME_KEYS}, fresh)
     if stored is not None:
         state["recbole"] = {int(run["seed"]): run for run in stored["recbole"]["runs"]}
-        if stored.get("resume_zoo") == zoo_settings(args):
+        if stored.get("resume_zoo") == zoo:
             state["zoo"] = {int(run["seed"]): run for run in stored["zoo"]["runs"]}
         elif stored["zoo"]["runs"] and not quiet:
             print(f"zoo seeds run again: the zoo's settings or recipe {RECIPE} changed since {path.name}", flush=True)
@@ -402,7 +403,8 @@ def _main(argv: list[str]) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     path = RESULTS_DIR / f"{args.name}.json"
-    state = resume_state(path, args, args.fresh)
+    zoo = zoo_settings(args)  # composes the recipe: once a call
+    state = resume_state(path, args, zoo, args.fresh)
     merge = not args.fresh
     started = time.time() - state["elapsed_s"]  # wall time summed over the sessions that made the result
     load_before = os.getloadavg()[0]
@@ -430,17 +432,17 @@ def _main(argv: list[str]) -> None:
             print(side, json.dumps(run), flush=True)
             with locked(path):  # another call (other seeds, at the same time) may have written seeds since: keep them
                 if merge:
-                    latest = resume_state(path, args, False, quiet=True)
+                    latest = resume_state(path, args, zoo, False, quiet=True)
                     for name in ("zoo", "recbole"):
                         state[name] = {**latest[name], **state[name]}
                     state["split_check"] = state["split_check"] or latest["split_check"]
                 merge = True  # fresh=true: the first write replaces the old file, later ones merge
-                payload = build_payload(args, state, recbole_seeds, load_before)
+                payload = build_payload(args, zoo, state, recbole_seeds, load_before)
                 path = write_result(args.name, payload, started, RESULTS_DIR)
     print(f"wrote {path}")
 
 
-def build_payload(args, state: dict, recbole_seeds: list[int], load: float) -> dict:
+def build_payload(args, zoo: dict, state: dict, recbole_seeds: list[int], load: float) -> dict:
     # the seeds asked for and those another call (or an earlier run) finished: a result keeps every finished seed
     zoo_seeds = sorted(set(args.seeds) | set(state["zoo"]))
     recbole_seeds = sorted(set(recbole_seeds) | set(state["recbole"]))
@@ -450,7 +452,6 @@ def build_payload(args, state: dict, recbole_seeds: list[int], load: float) -> d
     recbole_summary = aggregate(recbole_runs) if recbole_runs else {}
     max_epochs = args.recbole_epochs or NO_CAP_EPOCHS
     both = zoo_summary and recbole_summary
-    zoo = zoo_settings(args)
     recipe = zoo["recipe"]
     return {
         "dataset": "ml100k",
