@@ -149,7 +149,8 @@ def test_sasrec_factors_resume_per_arm_and_seed(monkeypatch, tmp_path):
 
     monkeypatch.setattr(sasrec_factors, "run_zoo", run)
     sasrec_factors._main(["arms=base,prefix_rows", "seeds=0", "name=f"])
-    assert calls == [(0, 6, ()), (0, 256, ("model.train_rows=prefix", "data.train_len=0"))]
+    pin = ("optim.lr=0.001",)  # the arms stay against the recipe's old base, whatever the recipe says today
+    assert calls == [(0, 6, pin), (0, 256, (*pin, "model.train_rows=prefix", "data.train_len=0"))]
     calls.clear()
     sasrec_factors._main(["arms=base,prefix_rows,dropout_0.2", "seeds=0,1", "name=f"])
     assert [(c[0], c[1]) for c in calls] == [(1, 6), (1, 256), (0, 6), (1, 6)]  # only what was missing
