@@ -137,6 +137,30 @@ def test_two_calls_at_once_on_other_recbole_seeds_keep_each_others(fakes, monkey
     assert calls == []  # nothing is run again
 
 
+def test_a_recbole_only_call_keeps_the_zoo_seeds_of_a_newer_recipe(fakes, monkeypatch):
+    calls, results = fakes
+    real_recbole, real_settings = peer.run_recbole, peer.zoo_settings
+
+    def tuned(args):  # the recipe as changed while the RecBole-only call trains
+        settings = real_settings(args)
+        return {**settings, "recipe": {**settings["recipe"], "optim.lr": 0.5}}
+
+    def recbole(seed, *rest):
+        if not calls:  # while RecBole trains, the recipe changes and a second call runs the zoo side
+            monkeypatch.setattr(peer, "zoo_settings", tuned)
+            peer._main(["seeds=0,1", "sides=zoo", "name=both"])
+        return real_recbole(seed, *rest)
+
+    monkeypatch.setattr(peer, "run_recbole", recbole)
+    peer._main(["seeds=0,1", "recbole_seeds=0", "sides=recbole", "name=both"])  # composed the old recipe
+    result = json.loads((results / "both.json").read_text())
+    assert [r["seed"] for r in result["zoo"]["runs"]] == [0, 1]  # written last, it kept the other call's seeds
+    assert result["resume_zoo"]["recipe"]["optim.lr"] == 0.5 and not result["missing"]["zoo"]
+    calls.clear()
+    peer._main(["seeds=0,1", "recbole_seeds=0", "name=both"])  # the recipe as it is now: nothing to run
+    assert calls == []
+
+
 def test_sasrec_factors_resume_per_arm_and_seed(monkeypatch, tmp_path):
     from benchmarks import sasrec_factors
 

@@ -368,14 +368,17 @@ def resume_state(path: Path, args: PeerArgs, zoo: dict, fresh: bool, quiet: bool
     """Finished seeds of an earlier run of the same benchmark (``results/<name>.json``), by side: a re-run does
     only the missing seeds. A stored result made with other RecBole settings is refused in one line
     (``fresh=true`` starts over); the zoo's seeds are dropped when its settings (``zoo``: :func:`zoo_settings`)
-    or recipe changed."""
+    or recipe changed. ``state["resume_zoo"]`` is the zoo settings the call writes: its own, unless it does not
+    run the zoo side, which it then leaves as the file has it (runs and settings)."""
     from benchmarks.common import resumable_result
 
-    state: dict = {"zoo": {}, "recbole": {}, "split_check": {}, "elapsed_s": 0.0}
+    state: dict = {"zoo": {}, "recbole": {}, "split_check": {}, "elapsed_s": 0.0, "resume_zoo": zoo}
     stored = resumable_result(path, {key: getattr(args, key) for key in RESUME_KEYS}, fresh)
     if stored is not None:
         state["recbole"] = {int(run["seed"]): run for run in stored["recbole"]["runs"]}
-        if stored.get("resume_zoo") == zoo:
+        if "zoo" not in args.sides and "resume_zoo" in stored:
+            state["resume_zoo"] = stored["resume_zoo"]
+        if stored.get("resume_zoo") == state["resume_zoo"]:
             state["zoo"] = {int(run["seed"]): run for run in stored["zoo"]["runs"]}
         elif stored["zoo"]["runs"] and not quiet:
             print(f"zoo seeds run again: the zoo's settings or recipe {RECIPE} changed since {path.name}", flush=True)
@@ -433,16 +436,19 @@ def _main(argv: list[str]) -> None:
             with locked(path):  # another call (other seeds, at the same time) may have written seeds since: keep them
                 if merge:
                     latest = resume_state(path, args, zoo, False, quiet=True)
-                    for name in ("zoo", "recbole"):
-                        state[name] = {**latest[name], **state[name]}
+                    state["recbole"] = {**latest["recbole"], **state["recbole"]}
+                    if "zoo" in args.sides:
+                        state["zoo"] = {**latest["zoo"], **state["zoo"]}
+                    else:  # the zoo side is another call's: as the file has it now
+                        state["zoo"], state["resume_zoo"] = latest["zoo"], latest["resume_zoo"]
                     state["split_check"] = state["split_check"] or latest["split_check"]
                 merge = True  # fresh=true: the first write replaces the old file, later ones merge
-                payload = build_payload(args, zoo, state, recbole_seeds, load_before)
+                payload = build_payload(args, state, recbole_seeds, load_before)
                 path = write_result(args.name, payload, started, RESULTS_DIR)
     print(f"wrote {path}")
 
 
-def build_payload(args, zoo: dict, state: dict, recbole_seeds: list[int], load: float) -> dict:
+def build_payload(args, state: dict, recbole_seeds: list[int], load: float) -> dict:
     # the seeds asked for and those another call (or an earlier run) finished: a result keeps every finished seed
     zoo_seeds = sorted(set(args.seeds) | set(state["zoo"]))
     recbole_seeds = sorted(set(recbole_seeds) | set(state["recbole"]))
@@ -452,6 +458,7 @@ def build_payload(args, zoo: dict, state: dict, recbole_seeds: list[int], load: 
     recbole_summary = aggregate(recbole_runs) if recbole_runs else {}
     max_epochs = args.recbole_epochs or NO_CAP_EPOCHS
     both = zoo_summary and recbole_summary
+    zoo = state["resume_zoo"]
     recipe = zoo["recipe"]
     return {
         "dataset": "ml100k",
