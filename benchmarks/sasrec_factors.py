@@ -59,8 +59,7 @@ ARMS: dict[str, dict] = {
     },
 }
 MAX_EPOCHS = 300
-# the arms are relative to the recipe as it stood when they ran (lr 1e-3); the recipe since took the winner
-# (lr 3e-3, 16 users a step), so every arm pins the old base first and its own overrides come after it
+# the recipe as it stood when the arms ran (see the module docstring); each arm's own overrides come after it
 BASE_OVERRIDES = ("optim.lr=0.001",)
 
 
