@@ -39,7 +39,7 @@ from zoo.config import compose
 from zoo.errors import ConfigError
 from zoo.io import atomic_path
 from zoo.losses import build_loss
-from zoo.run import run
+from zoo.run import claim_run_dir, run
 
 RECIPES = {"lml": "msl_books_lml", "msl": "msl_books_msl", "msl_ats": "msl_books_msl_ats"}
 CACHE = Path(__file__).resolve().parent / ".cache" / "msl_books"
@@ -158,7 +158,7 @@ def _main(argv: list[str]) -> None:
             "trainer.enable_progress_bar=false",
             "trainer.log_every_n_steps=25",
         ]
-        run_dir = CACHE / "runs" / RECIPES[name] / time.strftime("%Y%m%d-%H%M%S")
+        run_dir = claim_run_dir(CACHE / "runs" / RECIPES[name])
         cfg = compose(RECIPES[name], [*overrides, f"run_dir={run_dir}"])
         run_started = time.time()
         metrics = run(cfg)

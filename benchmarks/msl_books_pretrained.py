@@ -29,7 +29,7 @@ from benchmarks.common import cli, flag, integer, key_values, names, write_resul
 from benchmarks.msl_books import CACHE, PAPER, RECIPES, eval_folder
 from zoo.config import compose
 from zoo.errors import ConfigError
-from zoo.run import run
+from zoo.run import claim_run_dir, run
 
 BACKBONE = ["model.backbone=smollm2-135m", "model.lora_r=8", "optim.lr=0.0001", "eval.num_beams=10"]
 
@@ -93,7 +93,7 @@ def _main(argv: list[str]) -> None:
     ranks: dict[str, np.ndarray] = {}
     for name in plan:
         recipe = RECIPES["lml" if name == "zero_shot" else name]
-        run_dir = CACHE / "runs_pretrained" / name / time.strftime("%Y%m%d-%H%M%S")
+        run_dir = claim_run_dir(CACHE / "runs_pretrained" / name)
         overrides = [
             *BACKBONE,
             f"data.path={folder}",

@@ -32,7 +32,7 @@ from zoo.data import SequentialDataModule
 from zoo.data.candidates import load_candidates
 from zoo.data.loading import load_corpus
 from zoo.metrics import ranked_list_metrics
-from zoo.run import run
+from zoo.run import claim_run_dir, run
 
 CACHE = Path(__file__).resolve().parent / ".cache" / "palr"
 RECIPE = "palr_ml100k"
@@ -103,7 +103,7 @@ def _main(argv: list[str]) -> None:
         hours, mins = divmod(minutes, 60)
         cap = json.dumps([f"trainer.max_time=00:{hours:02d}:{mins:02d}:00"])
         retriever = ["model.retriever=stage", f"model.retriever_k={K}", f"model.retriever_overrides={cap}"]
-    run_dir = CACHE / "runs" / RECIPE / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = claim_run_dir(CACHE / "runs" / RECIPE)
     cfg = compose(
         RECIPE,
         [

@@ -37,7 +37,7 @@ from omegaconf import OmegaConf
 from benchmarks.common import cli, flag, integer, key_values, names, number, write_result
 from zoo.config import compose
 from zoo.errors import ConfigError
-from zoo.run import run
+from zoo.run import claim_run_dir, run
 
 RECIPES = {"ce": "sasrec_beauty", "bce": "sasrec_bce_beauty"}
 PAPER = {  # TIGER paper Table 1, SASRec trained as in S3-Rec (BCE)
@@ -64,7 +64,7 @@ def run_one(loss: str, max_minutes: float, seed: int, run_root: Path, extra: lis
     if max_minutes > 0:
         minutes = int(max_minutes)
         overrides.append(f"trainer.max_time=00:{minutes // 60:02d}:{minutes % 60:02d}:00")
-    run_dir = run_root / RECIPES[loss] / time.strftime("%Y%m%d-%H%M%S")
+    run_dir = claim_run_dir(run_root / RECIPES[loss])
     cfg = compose(RECIPES[loss], [*overrides, f"run_dir={run_dir}"])
     run(cfg)
     return record(loss, run_dir, max_minutes, overrides=extra, suffix=suffix)

@@ -175,6 +175,22 @@ def test_recipe_path_outside_the_recipes_folder_stays_under_run_root(given, tmp_
     assert run_dir.parent.name == "x_y"
 
 
+def test_runs_started_in_the_same_second_get_their_own_directories(tmp_path, monkeypatch):
+    """``claim_run_dir`` (the default run directory and every benchmark's) never hands one directory to two runs:
+    two benchmark jobs launched together once shared one and wrote over each other's checkpoints."""
+    from datetime import datetime
+
+    class Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2026, 12, 3, 17, 24, 58)
+
+    monkeypatch.setattr(zoo.run, "datetime", Frozen)
+    first, second, third = (zoo.run.claim_run_dir(tmp_path / "runs" / "r") for _ in range(3))
+    assert [first.name, second.name, third.name] == ["20261203-172458", "20261203-172458-1", "20261203-172458-2"]
+    assert all(d.is_dir() for d in (first, second, third))
+
+
 def test_recipe_named_by_a_directory(tmp_path, capsys):
     (tmp_path / "r.yaml").mkdir()
     code, err = cli([f"recipe={tmp_path / 'r.yaml'}"], capsys)

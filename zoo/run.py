@@ -207,11 +207,17 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
         return Path(os.environ[RUN_DIR_ENV])
     if cfg.resume:
         return resume_run_dir(cfg.resume)
-    base = Path(cfg.run_root) / cfg.recipe
+    return claim_run_dir(Path(cfg.run_root) / cfg.recipe)
+
+
+def claim_run_dir(base: Path) -> Path:
+    """A new directory ``base/<YYYYmmdd-HHMMSS>[-n]``, created here: the mkdir claims it atomically, so two runs
+    started in the same second (two benchmark jobs launched together) get different ones."""
+    base = Path(base)
     base.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir, n = base / stamp, 1
-    while True:  # claim the directory atomically: two runs started in the same second get different ones
+    while True:
         try:
             run_dir.mkdir()
             return run_dir
