@@ -189,6 +189,66 @@ def settings_of(config: dict, recipe: str, overrides: list[str], threads: int | 
     return {"config": {p: _lookup(config, p) for p in kept}, "threads": threads}
 
 
+def stage_settings(cfg) -> dict:
+    """The settings of the recipes a cell trains first as stages (the retriever of Laser and of PALR), read as
+    ``settings_of`` reads the cell's own: a change of ``sasrec_ml100k`` makes ``laser_ml100k``'s cell stale too."""
+    from omegaconf import OmegaConf
+
+    from zoo.registry import MODELS
+    from zoo.stages import RetrieverStage
+
+    model_cls = MODELS.get(cfg.model.name) if cfg.model.get("name") in MODELS else None
+    if model_cls is None or "retriever" not in model_cls.stages_for(cfg):
+        return {}
+    sub = RetrieverStage().retriever_config(cfg)
+    overrides = list(cfg.model.get("retriever_overrides") or [])
+    return {
+        "retriever": {
+            "recipe": sub.recipe,
+            **settings_of(OmegaConf.to_container(sub, resolve=True), sub.recipe, overrides, None),
+        }
+    }
+
+
+def recipe_files(recipe: str, _seen: tuple[str, ...] = ()) -> list[Path]:
+    """The file of ``recipe`` and of every recipe in its ``base:`` chain."""
+    from zoo.config import _recipe_path, read_yaml
+
+    path = _recipe_path(recipe)
+    bases = (read_yaml(path) or {}).get("base") or []
+    files = [path]
+    for base in [bases] if isinstance(bases, str) else bases:
+        if base not in _seen:
+            files += recipe_files(base, _seen + (recipe,))
+    return files
+
+
+def changed_since(commit: str | None, files: list[Path]) -> bool:
+    """Whether any of ``files`` differs from its state at git ``commit`` (True when git cannot tell: no commit
+    recorded, not a clone, an unknown commit), so a record that cannot be checked is run again."""
+    commit = (commit or "").removesuffix("+dirty")  # a run from a dirty tree: checked against its commit
+    if not commit or commit == "unknown":
+        return True
+    try:
+        done = subprocess.run(
+            ["git", "diff", "--quiet", commit, "--", *map(str, files)], cwd=REPO_ROOT, capture_output=True, timeout=30
+        )
+    except (OSError, subprocess.SubprocessError):
+        return True
+    return done.returncode != 0
+
+
+def stages_stale(record: dict, today: dict) -> bool:
+    """Whether the stage recipes of a cell (``stage_settings``) changed since its ``record`` was run. A record
+    from before stages were recorded is checked against the git history of the stage recipes' files."""
+    if not today:
+        return False
+    if "stages" in record:
+        return record["stages"] != today
+    files = [f for stage in today.values() for f in recipe_files(stage["recipe"])]
+    return changed_since(record.get("git_commit"), files)
+
+
 def epochs_run(run_dir: Path) -> dict[str, int] | None:
     """Training progress read from the run's CSV log (written by the csv and wandb loggers): ``epochs`` = epochs
     that reached validation (an epoch cut short by the time cap does not count), ``steps`` = last logged
@@ -237,6 +297,7 @@ def run_cell(args: GridArgs, method: str, dataset: str) -> Path:
         "load_avg_1m_start": load_start,
         "torch_threads": torch.get_num_threads(),
         "config": OmegaConf.to_container(cfg, resolve=True),
+        "stages": stage_settings(cfg),
     }
     return write_result(result_name(method, dataset, args.budget), payload, started, directory=args.results_dir)
 
@@ -285,7 +346,7 @@ def plan(args: GridArgs) -> list[tuple[str, str, str]]:
                 threads = budgets[args.budget].get("threads")
                 today = settings_of(OmegaConf.to_container(cfg, resolve=True), recipe, overrides, threads)
                 then = settings_of(record.get("config") or {}, recipe, overrides, record.get("budget_threads"))
-                state = "done" if today == then else "stale"
+                state = "done" if today == then and not stages_stale(record, stage_settings(cfg)) else "stale"
             grid.append((method, dataset, state))
     return grid
 

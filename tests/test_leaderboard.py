@@ -326,6 +326,60 @@ def test_run_cell_writes_a_complete_result(tmp_path: Path) -> None:
     assert lb_run.plan(args) == [("pop", "ml100k", "todo")]
 
 
+def test_a_cell_is_stale_once_the_recipe_of_its_stage_changes(tmp_path: Path, monkeypatch) -> None:
+    """Laser trains sasrec_ml100k as its retriever stage first: a change of that recipe makes laser's cell stale,
+    though the cell's own settings did not change. Records from before stages were recorded go by git history."""
+    from omegaconf import OmegaConf
+
+    from zoo.config import compose as compose_recipe
+
+    args = _grid(tmp_path, methods=["laser"])
+    budgets = lb_run.load_budgets()
+    cfg, overrides = lb_run.compose_cell(args, budgets, "laser", "ml100k", "laser_ml100k")
+    stages = lb_run.stage_settings(cfg)
+    assert stages["retriever"]["recipe"] == "sasrec_ml100k"
+    assert stages["retriever"]["config"]["optim.lr"] == compose_recipe("sasrec_ml100k").optim.lr
+    assert lb_run.stage_settings(lb_run.compose_cell(args, budgets, "pop", "ml100k", "pop_ml100k")[0]) == {}
+    record = {
+        "kind": lb_run.CELL_KIND,
+        **{"method": "laser", "dataset": "ml100k", "budget": "smoke", "metrics": {"test/ndcg@10": 0.1}},
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "git_commit": "unknown",
+        "stages": stages,
+    }
+    path = args.results_dir / "laser__ml100k__smoke.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(record))
+    assert lb_run.plan(args) == [("laser", "ml100k", "done")]
+    record["stages"]["retriever"]["config"]["optim.lr"] = 0.0001  # the retriever recipe of the past
+    path.write_text(json.dumps(record))
+    assert lb_run.plan(args) == [("laser", "ml100k", "stale")]
+    del record["stages"]  # an older record: the stage recipe's files against the record's commit
+    path.write_text(json.dumps(record))
+    asked = []
+    monkeypatch.setattr(lb_run, "changed_since", lambda commit, files: asked.append((commit, files)) or False)
+    assert lb_run.plan(args) == [("laser", "ml100k", "done")]
+    names = {f.name for f in asked[0][1]}
+    assert asked[0][0] == "unknown" and {"sasrec_ml100k.yaml", "sasrec.yaml", "default.yaml"} <= names
+    monkeypatch.undo()
+    assert lb_run.plan(args) == [("laser", "ml100k", "stale")]  # "unknown": git cannot tell, so it runs again
+
+
+def test_changed_since_reads_git_history() -> None:
+    recipe = REPO / "recipes" / "sasrec_ml100k.yaml"
+    last = subprocess.run(
+        ["git", "log", "-1", "--format=%H", "--", str(recipe)], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(["git", "diff", "--name-only", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+    if not last or "recipes/sasrec_ml100k.yaml" in dirty:
+        pytest.skip("needs a git clone whose sasrec_ml100k recipe is committed")
+    assert lb_run.changed_since(last, [recipe]) is False
+    assert lb_run.changed_since(last + "+dirty", [recipe]) is False
+    assert lb_run.changed_since(f"{last}~1", [recipe]) is True  # the commit changed it
+    assert lb_run.changed_since("unknown", [recipe]) is True
+    assert lb_run.changed_since("0" * 40, [recipe]) is True
+
+
 def test_epochs_run_counts_validated_epochs_from_the_csv_log(tmp_path: Path) -> None:
     log = tmp_path / "logs" / "csv" / "metrics.csv"
     log.parent.mkdir(parents=True)
