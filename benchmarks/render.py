@@ -21,7 +21,7 @@ import yaml
 
 from benchmarks.claims import CLAIMS_MD, CLAIMS_PATH, render_claims
 from benchmarks.common import key_values
-from benchmarks.run import CELL_KIND, PAPERS_PATH
+from benchmarks.run import CELL_KIND, PAPERS_PATH, GridArgs, is_stale, load_budgets, recipe_cells
 from zoo.errors import ConfigError, ZooError
 from zoo.io import atomic_path, write_text_atomic
 from zoo.tasks import TASKS
@@ -56,7 +56,7 @@ def ctr_table(dataset: str, cells: list[dict], link_base: Path) -> list[str]:
     for cell in sorted(cells, key=lambda c: (-(_metric(c, "auc") or 0.0), c["method"], c["budget"])):
         values = [f"{v:.4f}" if (v := _metric(cell, m)) is not None else "—" for m in CTR_METRICS]
         link = os.path.relpath(cell["_path"], link_base)
-        row = [cell["method"], cell["budget"], *values, _training(cell), _duration(cell.get("wall_time_s"))]
+        row = [_method(cell), cell["budget"], *values, _training(cell), _duration(cell.get("wall_time_s"))]
         lines.append("| " + " | ".join([*row, f"[json]({link})"]) + " |")
     return lines
 
@@ -137,6 +137,30 @@ def load_results(results_dir: Path) -> tuple[list[dict], list[tuple[Path, str]]]
         else:
             others.append((path, ""))
     return cells, others
+
+
+STALE_MARK = "†"
+
+
+def mark_stale(cells: list[dict]) -> None:
+    """Set ``cell["_stale"]``: whether the cell no longer stands for its recipe as it is today (``benchmarks.run``
+    would re-run it: its recipe, budget or stage recipe changed since). A cell whose recipe or budget no longer
+    exists, or that cannot be composed today, is not marked."""
+    budgets, recipes = load_budgets(), recipe_cells()
+    for cell in cells:
+        recipe = recipes.get((cell.get("method"), cell.get("dataset")))
+        cell["_stale"] = False
+        if recipe is None or cell.get("budget") not in budgets or not cell.get("config"):
+            continue
+        args = GridArgs(methods=[cell["method"]], datasets=[cell["dataset"]], budget=cell["budget"])
+        try:
+            cell["_stale"] = is_stale(args, budgets, recipe, cell)
+        except ZooError:
+            continue
+
+
+def _method(cell: dict) -> str:
+    return cell["method"] + (f" {STALE_MARK}" if cell.get("_stale") else "")
 
 
 def relative_difference(ours: float, paper: float) -> float:
@@ -223,7 +247,7 @@ def dataset_table(dataset: str, cells: list[dict], papers: Papers, link_base: Pa
             cited.append(paper)
         values = [_metric_cell(_metric(cell, m), paper.values.get(m) if paper else None) for m in METRICS]
         link = os.path.relpath(cell["_path"], link_base)
-        row = [cell["method"], cell["budget"], *values, _training(cell), _duration(cell.get("wall_time_s"))]
+        row = [_method(cell), cell["budget"], *values, _training(cell), _duration(cell.get("wall_time_s"))]
         row += [_memory(cell.get("peak_memory_mb")), _hardware(cell), _commit(cell), f"[json]({link})"]
         lines.append("| " + " | ".join(row) + " |")
     ran = {c["method"] for c in cells}
@@ -249,7 +273,8 @@ def overview_table(datasets: list[str], cells: list[dict], papers: Papers) -> li
             )
             paper = papers.find(method, dataset)
             ours = _metric(cell, SORT_METRIC) if cell else None
-            row.append(_metric_cell(ours, paper.values.get(SORT_METRIC) if paper else None) if cell else "—")
+            text = _metric_cell(ours, paper.values.get(SORT_METRIC) if paper else None) if cell else "—"
+            row.append(text + (f" {STALE_MARK}" if cell and cell.get("_stale") else ""))
         lines.append("| " + " | ".join(row) + " |")
     return lines
 
@@ -314,6 +339,10 @@ def render_markdown(
         "start and end of each run, and wall times taken under different load are not comparable. "
         "Training shows the epochs run out of the budget's maximum (a run stops earlier on its wall-time cap "
         "or on early stopping).",
+        "",
+        f"{STALE_MARK} marks a stale cell: its recipe, its budget or the recipe of a stage it trains first (the "
+        "SASRec retriever of Laser and PALR) changed after it ran, so it holds the numbers of an earlier "
+        "recipe until `python -m benchmarks.run` runs it again.",
         "",
         "## Overview: NDCG@10",
         "",
@@ -394,10 +423,13 @@ def plot_dataset(dataset: str, title: str, cells: list[dict], papers: Papers, pa
     return path
 
 
-def render(results_dir: Path, out: Path, plots_dir: Path, papers_path: Path) -> Path:
-    """Write the leaderboard markdown and one plot per dataset that has results; returns the markdown path."""
+def render(results_dir: Path, out: Path, plots_dir: Path, papers_path: Path, stale: bool = True) -> Path:
+    """Write the leaderboard markdown and one plot per dataset that has results; returns the markdown path.
+    ``stale``: mark the cells that today's recipes and budgets would re-run (``mark_stale``)."""
     papers = load_papers(papers_path)
     cells, others = load_results(results_dir)
+    if stale:
+        mark_stale(cells)
     plots = {}
     for dataset in _dataset_order(cells, papers):
         dataset_cells = [c for c in cells if c["dataset"] == dataset and family(c) != "ctr"]

@@ -312,10 +312,23 @@ def _cell_command(args: GridArgs, method: str, dataset: str) -> list[str]:
     return command
 
 
+def is_stale(args: GridArgs, budgets: dict[str, dict], recipe: str, record: dict) -> bool:
+    """Whether a finished cell's ``record`` no longer stands for its recipe under today's files: the settings its
+    recipe and budget name (``settings_of``), or those of a stage recipe it trains first (``stage_settings``),
+    differ from what the record ran with."""
+    from omegaconf import OmegaConf
+
+    method, dataset = record["method"], record["dataset"]
+    cfg, overrides = compose_cell(args, budgets, method, dataset, recipe)
+    threads = budgets[args.budget].get("threads")
+    today = settings_of(OmegaConf.to_container(cfg, resolve=True), recipe, overrides, threads)
+    then = settings_of(record.get("config") or {}, recipe, overrides, record.get("budget_threads"))
+    return today != then or stages_stale(record, stage_settings(cfg))
+
+
 def plan(args: GridArgs) -> list[tuple[str, str, str]]:
     """Validate the grid and return every cell as (method, dataset, state): todo | done | stale | no recipe.
     A stale cell has a result whose recipe or budget settings differ from today's: it is run again."""
-    from omegaconf import OmegaConf
 
     budgets = load_budgets()
     if args.budget not in budgets:
@@ -341,12 +354,7 @@ def plan(args: GridArgs) -> list[tuple[str, str, str]]:
             elif record is None:
                 state = "todo"
             else:
-                recipe = cells[(method, dataset)]
-                cfg, overrides = compose_cell(args, budgets, method, dataset, recipe)
-                threads = budgets[args.budget].get("threads")
-                today = settings_of(OmegaConf.to_container(cfg, resolve=True), recipe, overrides, threads)
-                then = settings_of(record.get("config") or {}, recipe, overrides, record.get("budget_threads"))
-                state = "done" if today == then and not stages_stale(record, stage_settings(cfg)) else "stale"
+                state = "stale" if is_stale(args, budgets, cells[(method, dataset)], record) else "done"
             grid.append((method, dataset, state))
     return grid
 

@@ -34,7 +34,8 @@ def _grid(tmp_path: Path, **kwargs) -> lb_run.GridArgs:
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> tuple[Path, str]:
     out_dir = tmp_path_factory.mktemp("leaderboard")
-    out = lb_render.render(FIXTURES, out_dir / "LEADERBOARD.md", out_dir / "plots", lb_run.PAPERS_PATH)
+    # the fixtures' configs are made up: not checked against today's recipes here (see the stale-mark test)
+    out = lb_render.render(FIXTURES, out_dir / "LEADERBOARD.md", out_dir / "plots", lb_run.PAPERS_PATH, stale=False)
     return out_dir, out.read_text()
 
 
@@ -378,6 +379,25 @@ def test_changed_since_reads_git_history() -> None:
     assert lb_run.changed_since(f"{last}~1", [recipe]) is True  # the commit changed it
     assert lb_run.changed_since("unknown", [recipe]) is True
     assert lb_run.changed_since("0" * 40, [recipe]) is True
+
+
+def test_render_marks_the_cells_that_are_stale_today(tmp_path: Path) -> None:
+    """A cell run with today's recipe is not marked; once its recorded settings differ from the recipe it is."""
+    args = _grid(tmp_path)
+    path = lb_run.run_cell(args, "pop", "ml100k")
+    args.results_dir.joinpath("pop__beauty__smoke.json").write_text("{}")  # not a cell: listed, never marked
+    out = tmp_path / "LEADERBOARD.md"
+
+    def overview_row() -> str:
+        text = lb_render.render(args.results_dir, out, tmp_path / "plots", lb_run.PAPERS_PATH).read_text()
+        return next(line for line in text.splitlines() if line.startswith("| pop | smoke |"))
+
+    assert lb_render.STALE_MARK not in overview_row()
+    record = json.loads(path.read_text())
+    record["config"]["data"]["max_len"] = 7
+    path.write_text(json.dumps(record))
+    assert overview_row().endswith(f"{lb_render.STALE_MARK} |")
+    assert f"| pop {lb_render.STALE_MARK} | smoke |" in out.read_text()
 
 
 def test_epochs_run_counts_validated_epochs_from_the_csv_log(tmp_path: Path) -> None:
