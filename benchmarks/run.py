@@ -328,8 +328,8 @@ def is_stale(args: GridArgs, budgets: dict[str, dict], recipe: str, record: dict
 
 def plan(args: GridArgs) -> list[tuple[str, str, str]]:
     """Validate the grid and return every cell as (method, dataset, state): todo | done | stale | no recipe.
-    A stale cell has a result whose recipe or budget settings differ from today's: it is run again."""
-
+    A stale cell (``is_stale``) has a result whose recipe, budget or stage-recipe settings differ from today's: it
+    is run again."""
     budgets = load_budgets()
     if args.budget not in budgets:
         raise ConfigError(f"unknown budget '{args.budget}'; valid: {', '.join(budgets)}")
