@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from zoo.io import write_json_atomic
@@ -225,3 +226,35 @@ def cli(body: Callable[[list[str]], object], doc: str, argv: list[str] | None = 
         print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     return 0
+
+
+def ndcg_at(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Per-row NDCG@k of one target from its 0-based rank (a rank >= k, or -1 for not ranked, scores 0)."""
+    ranks = np.asarray(ranks)
+    return np.where((ranks >= 0) & (ranks < k), 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
+
+
+def bootstrap(values: dict[str, np.ndarray], resamples: int, seed: int = 0, reference: str = "lml") -> dict:
+    """Mean NDCG@10 of each row of ``values`` (name -> per-test-row NDCG@10, the same test rows for every name)
+    and paired 95% intervals: the same resampled test rows for every name, also for each name's difference to
+    ``reference`` (when present)."""
+    rng = np.random.default_rng(seed)
+    n = len(next(iter(values.values())))
+    picks = rng.integers(0, n, size=(resamples, n))
+    out = {}
+    for name, v in values.items():
+        means = v[picks].mean(axis=1)
+        out[name] = {
+            "ndcg@10": float(v.mean()),
+            "ci95": [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))],
+        }
+    if reference in values:
+        base = values[reference]
+        for name, v in values.items():
+            if name == reference:
+                continue
+            diff = (v - base)[picks].mean(axis=1)
+            out[name][f"minus_{reference}"] = float((v - base).mean())
+            out[name][f"minus_{reference}_ci95"] = [float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))]
+            out[name][f"relative_to_{reference}"] = float(v.mean() / base.mean() - 1) if base.mean() > 0 else None
+    return out

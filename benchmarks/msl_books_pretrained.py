@@ -25,41 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import cli, flag, integer, key_values, names, write_result
+from benchmarks.common import bootstrap, cli, flag, integer, key_values, names, ndcg_at, write_result
 from benchmarks.msl_books import CACHE, PAPER, RECIPES, eval_folder
 from zoo.config import compose
 from zoo.errors import ConfigError
 from zoo.run import claim_run_dir, run
 
 BACKBONE = ["model.backbone=smollm2-135m", "model.lora_r=8", "optim.lr=0.0001", "eval.num_beams=10"]
-
-
-def ndcg_at(ranks: np.ndarray, k: int) -> np.ndarray:
-    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
-
-
-def bootstrap(values: dict[str, np.ndarray], resamples: int, seed: int = 0) -> dict:
-    """Mean NDCG@10 of each row and paired 95% intervals (same resampled test rows for every row)."""
-    rng = np.random.default_rng(seed)
-    n = len(next(iter(values.values())))
-    picks = rng.integers(0, n, size=(resamples, n))
-    out = {}
-    for name, v in values.items():
-        means = v[picks].mean(axis=1)
-        out[name] = {
-            "ndcg@10": float(v.mean()),
-            "ci95": [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))],
-        }
-    if "lml" in values:
-        for name, v in values.items():
-            if name == "lml":
-                continue
-            diff = (v - values["lml"])[picks].mean(axis=1)
-            out[name]["minus_lml"] = float((v - values["lml"]).mean())
-            out[name]["minus_lml_ci95"] = [float(np.quantile(diff, 0.025)), float(np.quantile(diff, 0.975))]
-            base = values["lml"].mean()
-            out[name]["relative_to_lml"] = float(v.mean() / base - 1) if base > 0 else None
-    return out
 
 
 def _main(argv: list[str]) -> None:
