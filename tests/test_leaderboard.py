@@ -177,7 +177,10 @@ def test_papers_yaml_p5_rows_match_methods_next_md() -> None:
         (["methods=sasrek", "datasets=ml100k"], r"unknown method 'sasrek'; valid: .*pop"),
         (["methods=pop", "datasets=ml1m"], r"unknown dataset 'ml1m'; valid: beauty, sports, toys, yelp, ml100k"),
         (["methods=msl_books", "datasets=ml100k"], r"unknown method 'msl_books'"),
-        (["methods=pop", "datasets=ml100k", "budget=huge"], r"unknown budget 'huge'; valid: smoke, cpu, cpu-llm, gpu"),
+        (
+            ["methods=pop", "datasets=ml100k", "budget=huge"],
+            r"unknown budget 'huge'; valid: smoke, cpu, cpu-long, cpu-llm, gpu",
+        ),
         (["datasets=ml100k"], r"no methods given"),
         (["methods=pop", "epochs=3"], r"unknown argument 'epochs=3'"),
         (["methods=pop", "datasets=ml100k", "force=maybe"], r"force=maybe: expected true or false"),
