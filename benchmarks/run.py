@@ -210,19 +210,6 @@ def stage_settings(cfg) -> dict:
     }
 
 
-def recipe_files(recipe: str, _seen: tuple[str, ...] = ()) -> list[Path]:
-    """The file of ``recipe`` and of every recipe in its ``base:`` chain."""
-    from zoo.config import _recipe_path, read_yaml
-
-    path = _recipe_path(recipe)
-    bases = (read_yaml(path) or {}).get("base") or []
-    files = [path]
-    for base in [bases] if isinstance(bases, str) else bases:
-        if base not in _seen:
-            files += recipe_files(base, _seen + (recipe,))
-    return files
-
-
 def changed_since(commit: str | None, files: list[Path]) -> bool:
     """Whether any of ``files`` differs from its state at git ``commit`` (True when git cannot tell: no commit
     recorded, not a clone, an unknown commit), so a record that cannot be checked is run again."""
@@ -245,6 +232,8 @@ def stages_stale(record: dict, today: dict) -> bool:
         return False
     if "stages" in record:
         return record["stages"] != today
+    from zoo.config import recipe_files
+
     files = [f for stage in today.values() for f in recipe_files(stage["recipe"])]
     return changed_since(record.get("git_commit"), files)
 

@@ -74,3 +74,9 @@ def test_recipes_dir_has_no_import_paths():
     """Contract 3: recipes name registered components, never `_target_` import paths."""
     for path in RECIPES_DIR.rglob("*.yaml"):
         assert "_target_" not in path.read_text(), path
+
+
+def test_recipe_files_list_the_base_chain_once_in_merge_order():
+    from zoo.config import recipe_files
+
+    assert [f.name for f in recipe_files("p5_cid_beauty")] == ["default.yaml", "p5.yaml", "p5_cid_beauty.yaml"]

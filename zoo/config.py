@@ -180,8 +180,9 @@ def read_yaml(path: Path):
         raise ConfigError(f"{where}: not valid YAML: {problem}") from None
 
 
-def load_recipe(name: str, _seen: tuple[str, ...] = ()) -> dict:
-    """Read a recipe and its ``base:`` chain (later bases and the recipe itself win)."""
+def _recipe_chain(name: str, _seen: tuple[str, ...] = ()) -> list[tuple[Path, dict]]:
+    """``(file, keys without base:)`` of a recipe and of every recipe in its ``base:`` chain, in merge order
+    (bases first, depth first, the recipe itself last)."""
     if name in _seen:
         raise ConfigError(f"recipe inheritance cycle: {' -> '.join(_seen + (name,))}")
     path = _recipe_path(name)
@@ -190,10 +191,21 @@ def load_recipe(name: str, _seen: tuple[str, ...] = ()) -> dict:
         raise ConfigError(f"{path}: a recipe must be a mapping of keys")
     bases = data.pop("base", []) or []
     bases = [bases] if isinstance(bases, str) else bases
+    chain = [link for base in bases for link in _recipe_chain(base, _seen + (name,))]
+    return chain + [(path, data)]
+
+
+def load_recipe(name: str) -> dict:
+    """Read a recipe and its ``base:`` chain (later bases and the recipe itself win)."""
     merged = OmegaConf.create()
-    for base in bases:
-        merged = OmegaConf.merge(merged, load_recipe(base, _seen + (name,)))
-    return OmegaConf.to_container(OmegaConf.merge(merged, data))
+    for _, data in _recipe_chain(name):
+        merged = OmegaConf.merge(merged, data)
+    return OmegaConf.to_container(merged)
+
+
+def recipe_files(name: str) -> list[Path]:
+    """The file of a recipe and of every recipe in its ``base:`` chain (a base shared twice, once)."""
+    return list(dict.fromkeys(path for path, _ in _recipe_chain(name)))
 
 
 def _parse_overrides(overrides: list[str]) -> DictConfig:
