@@ -1,19 +1,21 @@
 """A loss as a drop-in: one recipe at one leaderboard budget, trained once per loss (same data, seed, budget and
-everything else), tested on every test user, with paired bootstrap intervals of each loss against the first.
+everything else), tested on every test user, with paired bootstrap intervals of each loss against a reference.
 
 This is how the zoo measures MSL (masked softmax over the valid next tokens) against LML on a generative method
 other than the MSL paper's own setting, e.g. P5 over its item-id trie (issue #16):
 
-    nohup python -m benchmarks.loss_swap recipe=p5_ml100k budget=cpu [losses=lml,msl,msl_ats] [seeds=42]
-        [name=<recipe>_losses_<budget>] [bootstrap=1000] [fresh=false] > /tmp/losses.log 2>&1 &
+    nohup python -m benchmarks.loss_swap recipe=p5_ml100k budget=cpu [losses=lml,msl,msl_ats] [reference=lml]
+        [steps=0] [seeds=42] [name=<recipe>_losses_<budget>] [bootstrap=1000] [fresh=false] > /tmp/losses.log 2>&1 &
 
 Every run is the leaderboard cell of ``recipe`` under ``budget`` (``benchmarks/budgets.yaml``, the overrides
-``benchmarks.run`` applies, and the budget's torch threads) with ``loss.name`` set and ``eval.save_ranks=true``.
-The JSON (``benchmarks/results/<name>.json``) is written after every finished run, resumable at (loss, seed)
+``benchmarks.run`` applies, and the budget's torch threads) with ``loss.name`` set and ``eval.save_ranks=true``;
+``steps=N`` trains N optimizer steps instead of the budget's time cap, so a slower loss is not given fewer. The
+JSON (``benchmarks/results/<name>.json``) is written after every finished run, resumable at (loss, seed)
 granularity: a re-run with the same settings does only the missing runs; other settings are refused in one line
-(``fresh=true`` starts over). For each loss: the test metrics per seed, training steps and wall time; over the
-pooled (seed, user) rows: mean NDCG@10 with a 95% bootstrap interval, and the paired difference to the first loss
-(the reference, ``lml`` by default) with its interval.
+(``fresh=true`` starts over). Two calls at once on other losses (one core each) keep each other's runs. For each
+loss: the test metrics per seed, training steps and wall time, and the test rows that hit the top 20 (enough for
+every metric at <= 20); over the pooled (seed, user) rows: mean NDCG@10 with a 95% bootstrap interval, and the
+paired difference to ``reference`` with its interval.
 """
 
 from __future__ import annotations
