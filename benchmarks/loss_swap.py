@@ -51,13 +51,14 @@ def run_one(recipe: str, budget: str, loss: str, seed: int, steps: int, run_root
     budget's time cap when > 0); the run's metrics, training steps and per-user ranks."""
     import torch
 
-    from benchmarks.run import cell_overrides, epochs_run, load_budgets
+    from benchmarks.run import cell_overrides, epochs_run, load_budgets, recipe_cells
     from zoo.config import compose, load_recipe
     from zoo.run import claim_run_dir, run
 
     budgets = load_budgets()
-    method = recipe.rsplit("_", 1)[0]
-    model_name = (load_recipe(recipe).get("model") or {}).get("name", method)
+    model_name = (load_recipe(recipe).get("model") or {}).get("name")
+    # the grid's method of a <method>_<dataset> recipe (its budget entry), else the model's own entry
+    method = next((m for (m, _), r in recipe_cells().items() if r == recipe), model_name)
     run_dir = claim_run_dir(run_root / f"{recipe}__{loss}__seed{seed}")
     overrides = cell_overrides(budgets, budget, method, model_name, None, run_dir)
     overrides += [f"loss.name={loss}", f"seed={seed}", "eval.save_ranks=true"]
