@@ -234,10 +234,12 @@ def ndcg_at(ranks: np.ndarray, k: int) -> np.ndarray:
     return np.where((ranks >= 0) & (ranks < k), 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)
 
 
-def bootstrap(values: dict[str, np.ndarray], resamples: int, seed: int = 0, reference: str = "lml") -> dict:
-    """Mean NDCG@10 of each row of ``values`` (name -> per-test-row NDCG@10, the same test rows for every name)
-    and paired 95% intervals: the same resampled test rows for every name, also for each name's difference to
-    ``reference`` (when present)."""
+def bootstrap(
+    values: dict[str, np.ndarray], resamples: int, seed: int = 0, reference: str = "lml", metric: str = "ndcg@10"
+) -> dict:
+    """Mean of each row of ``values`` (name -> per-test-row ``metric``, NDCG@10 by default, the same test rows for
+    every name) and paired 95% intervals: the same resampled test rows for every name, also for each name's
+    difference to ``reference`` (when present)."""
     rng = np.random.default_rng(seed)
     n = len(next(iter(values.values())))
     picks = rng.integers(0, n, size=(resamples, n))
@@ -245,7 +247,7 @@ def bootstrap(values: dict[str, np.ndarray], resamples: int, seed: int = 0, refe
     for name, v in values.items():
         means = v[picks].mean(axis=1)
         out[name] = {
-            "ndcg@10": float(v.mean()),
+            metric: float(v.mean()),
             "ci95": [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))],
         }
     if reference in values:

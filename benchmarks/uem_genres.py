@@ -1,8 +1,8 @@
 """UEM's task 2 (the paper's personalisation task) on MovieLens-100K: a user's preferred genres from the rating
 history, UEM (``uem_genres_ml100k``: up to ``history`` items as K soft prompts) against the text-prompt baseline
 (the same recipe with ``model.history=text``: the most recent items written out, title, genres and rating, up to
-``max_prompt_tokens``), with the same tiny LM, seed, users, epochs and batch size (equal compute in examples seen;
-each arm's wall time is reported beside it). Both go through ``zoo.run``: validation F1 picks the best epoch, the
+``max_prompt_tokens``), with the same tiny LM, seed, users and batch size, at equal epochs or equal wall time (each
+arm's wall time and epochs are reported beside it). Both go through ``zoo.run``: validation F1 picks the best epoch, the
 test users (10%, never trained on) are scored with it.
 
 The label (``zoo.models.uem.genre_examples``): the genres held by at least half of the top-rated items among the
@@ -10,7 +10,13 @@ last 10 items of the training part s[:n-2]; the input is every item before them;
 the ranking protocol are never read. A no-learning reference is reported too: the ``top_j`` most frequent genres of
 the input history (j = 1, 2, 3) on the same test users.
 
-    python -m benchmarks.uem_genres [epochs=3] [history=200] [max_prompt_tokens=512] [threads=1] [seed=42]
+    python -m benchmarks.uem_genres [epochs=3 | minutes=M [patience=5]] [history=200] [max_prompt_tokens=512]
+        [threads=1] [seed=42] [resamples=2000] [name=uem_genres]
+
+``epochs=`` gives both arms the same epochs (equal examples seen); ``minutes=`` gives both the same training wall
+time instead (equal compute at the same thread count: the cheaper arm sees more examples), validation F1 picking
+the epoch with early stopping after ``patience`` epochs without a gain (0: none). The difference of the sample F1
+gets a paired bootstrap interval over the test users (the best checkpoint of each arm re-predicts them).
 
 Writes ``benchmarks/results/<name>.json`` (default ``uem_genres``).
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,60 +56,110 @@ def frequency_reference(datamodule) -> dict:
     return out
 
 
-def body(argv: list[str]) -> None:
+def test_predictions(overrides: list[str], run_dir: Path, corpus=None) -> tuple[np.ndarray, np.ndarray]:
+    """The best checkpoint's predicted genre sets on the test users and their labels ([N, G] bool each), the
+    test loop's own batches (the per-user F1 that the paired bootstrap resamples). ``corpus``: tests."""
     from zoo.build import build
     from zoo.config import compose
+    from zoo.run import read_checkpoint
+
+    model, datamodule = build(compose("uem_genres_ml100k", overrides), corpus=corpus)
+    ckpt = read_checkpoint(str(run_dir / "checkpoints" / "best.ckpt"), model)
+    model.on_load_checkpoint(ckpt)
+    model.load_state_dict(ckpt["state_dict"], strict=False)
+    model.eval()
+    datamodule.setup("test")
+    preds, labels = [], []
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            preds.append(model.predict_labels(batch).bool())
+            labels.append(batch["labels_multi"].bool())
+    return torch.cat(preds).numpy(), torch.cat(labels).numpy()
+
+
+def body(argv: list[str]) -> None:
+    from benchmarks.common import bootstrap
+    from benchmarks.run import epochs_run
+    from zoo.build import build
+    from zoo.config import compose
+    from zoo.metrics.multilabel import sample_f1
     from zoo.run import run
 
     settings = key_values(
         argv,
         {
             "epochs": "3",
+            "minutes": "0",
+            "patience": "5",
             "history": "200",
             "max_prompt_tokens": "512",
             "threads": "1",
             "seed": "42",
+            "resamples": "2000",
             "name": "uem_genres",
         },
     )
     threads = integer(settings, "threads", 1)
     torch.set_num_threads(threads)
     epochs, history = integer(settings, "epochs", 1), integer(settings, "history", 1)
+    minutes, patience = integer(settings, "minutes", 0), integer(settings, "patience", 0)
     max_prompt, seed = integer(settings, "max_prompt_tokens", 16), integer(settings, "seed")
+    resamples = integer(settings, "resamples", 100)
+    if minutes:  # equal wall time at the same threads: each arm trains as many epochs as its minutes allow
+        budget = [
+            f"trainer.max_time=00:{minutes // 60:02d}:{minutes % 60:02d}:00",
+            "trainer.max_epochs=1000",
+            f"trainer.early_stopping_patience={patience}",
+        ]
+        compute = f"equal training wall time: {minutes} minutes an arm at {threads} thread(s), validation F1 picks"
+        compute += f" the epoch (early stopping patience {patience})" if patience else " the epoch"
+    else:  # equal examples seen
+        budget = [f"trainer.max_epochs={epochs}", "trainer.early_stopping_patience=0"]
+        compute = f"equal examples seen: {epochs} epochs an arm"
     started = time.time()
-    arms = {}
+    arms, f1s = {}, {}
     with tempfile.TemporaryDirectory() as root:
         for arm in ("soft", "text"):
-            overrides = [
+            key = "uem" if arm == "soft" else "text_prompt"
+            common = [
                 f"model.history={arm}",
                 f"data.max_len={history}",
                 f"model.max_prompt_tokens={max_prompt}",
-                f"trainer.max_epochs={epochs}",
-                "trainer.early_stopping_patience=0",
-                "trainer.enable_progress_bar=false",
-                "logger.name=none",
                 f"seed={seed}",
-                f"run_root={root}",
             ]
+            run_dir = Path(root) / arm
+            overrides = [*common, *budget, "trainer.enable_progress_bar=false", f"run_dir={run_dir}"]
             t0 = time.time()
             metrics = run(compose("uem_genres_ml100k", overrides))
-            arms["uem" if arm == "soft" else "text_prompt"] = {
-                "overrides": overrides,
+            wall = round(time.time() - t0, 1)
+            preds, labels = test_predictions(common, run_dir)
+            f1s[key] = sample_f1(torch.from_numpy(preds), torch.from_numpy(labels)).numpy()
+            if abs(float(f1s[key].mean()) - metrics["test/f1"]) > 1e-6:
+                raise RuntimeError(
+                    f"{key}: per-user F1 {f1s[key].mean():.6f} != the run's test F1 {metrics['test/f1']}"
+                )
+            arms[key] = {
+                "overrides": overrides[:-1],
                 **{f"test/{k}": round(metrics[f"test/{k}"], 4) for k in KEYS},
                 "best/val_f1": round(metrics.get("best/val/f1", float("nan")), 4),
-                "wall_s": round(time.time() - t0, 1),
+                "training": epochs_run(run_dir),
+                "distinct_answers": int(len({tuple(row) for row in preds.tolist()})),
+                "wall_s": wall,
             }
-            print(arm, arms["uem" if arm == "soft" else "text_prompt"], flush=True)
+            print(arm, arms[key], flush=True)
         _, datamodule = build(compose("uem_genres_ml100k", [f"data.max_len={history}", "model.history=text"]))
         reference = frequency_reference(datamodule)
         sizes = {s: len(datamodule.examples(s)) for s in ("train", "val", "test")}
+    paired = bootstrap(f1s, resamples, seed=0, reference="text_prompt", metric="f1")
     delta = round(arms["uem"]["test/f1"] - arms["text_prompt"]["test/f1"], 4)
     write_result(
         settings["name"],
         {
             "what": "preferred-genre prediction on ml100k: UEM soft prompts vs the text-history prompt, same tiny LM",
             "settings": {
-                "epochs": epochs,
+                "compute": compute,
+                "epochs": None if minutes else epochs,
+                "minutes": minutes or None,
                 "history_items": history,
                 "text_max_prompt_tokens": max_prompt,
                 "batch": 16,
@@ -112,9 +169,11 @@ def body(argv: list[str]) -> None:
                 "users": sizes,
                 "label": "genres held by >= 50% of the top-rated items among the last 10 items of s[:n-2]",
                 "metric": "f1 = sample-averaged F1 (headline); micro / macro F1 beside it",
+                "interval": f"paired bootstrap over the test users, {resamples} resamples",
             },
             "arms": arms,
             "f1_uem_minus_text": delta,
+            "paired_bootstrap": paired,
             "history_frequency_reference": reference,
             "paper_claim": "up to +0.21 / +0.25 F1 over text-prompt baselines (arXiv 2401.04858, abstract)",
         },

@@ -260,3 +260,22 @@ def test_uem_genres_refuses_title_losses_and_ranking_protocols():
         build_on("uem_genres_ml100k", [*GENRES, "loss.name=msl"])
     with pytest.raises(ConfigError, match="does not apply"):
         build_on("uem_genres_ml100k", [*GENRES, "data.eval_candidates=3"])
+
+
+@pytest.mark.parametrize("history", ["soft", "text"])
+def test_the_genre_benchmark_re_predicts_the_test_users_of_the_run(tmp_path, history):
+    """benchmarks.uem_genres resamples per-user F1 for its paired interval: the best checkpoint re-predicting the
+    test users must give exactly the run's own test F1."""
+    from benchmarks.uem_genres import test_predictions
+    from zoo.config import compose
+    from zoo.run import run
+
+    corpus = synthetic_corpus()
+    common = [*GENRES, f"model.history={history}", "seed=3"]
+    shrink = [o for o in SHRINK if not o.startswith(("trainer.limit_test", "trainer.limit_val"))]
+    run_dir = tmp_path / history
+    metrics = run(compose("uem_genres_ml100k", [*common, *shrink, "logger.name=none", f"run_dir={run_dir}"]), corpus)
+    preds, labels = test_predictions(common, run_dir, corpus=corpus)
+    assert preds.shape == labels.shape and len(preds) >= 2
+    f1 = sample_f1(torch.from_numpy(preds), torch.from_numpy(labels))
+    assert float(f1.mean()) == pytest.approx(metrics["test/f1"], abs=1e-6)
