@@ -49,9 +49,8 @@ LOSSES = ("lml", "msl", "msl_ats")
 def run_one(recipe: str, budget: str, loss: str, seed: int, steps: int, run_root: Path) -> dict:
     """Train and test ``recipe`` under ``budget`` with ``loss`` (for ``steps`` optimizer steps instead of the
     budget's time cap when > 0); the run's metrics, training steps and per-user ranks."""
-    import torch
 
-    from benchmarks.run import cell_overrides, epochs_run, load_budgets, recipe_cells
+    from benchmarks.run import cell_overrides, epochs_run, load_budgets, recipe_cells, use_budget_threads
     from zoo.config import compose, load_recipe
     from zoo.run import claim_run_dir, run
 
@@ -64,8 +63,7 @@ def run_one(recipe: str, budget: str, loss: str, seed: int, steps: int, run_root
     overrides += [f"loss.name={loss}", f"seed={seed}", "eval.save_ranks=true"]
     if steps:  # the same optimizer steps for every loss (a time cap gives a slower loss fewer)
         overrides += [f"trainer.max_steps={steps}", "trainer.max_time=null"]
-    if budgets[budget].get("threads"):
-        torch.set_num_threads(int(budgets[budget]["threads"]))
+    use_budget_threads(budgets, budget)
     cfg = compose(recipe, overrides)
     tick = time.time()
     metrics = run(cfg)

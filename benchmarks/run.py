@@ -253,6 +253,14 @@ def epochs_run(run_dir: Path) -> dict[str, int] | None:
     return {"epochs": 1 + max(validated, default=-1), "steps": 1 + max(int(r["step"]) for r in rows)}
 
 
+def use_budget_threads(budgets: dict, budget: str) -> None:
+    """Set this process's torch threads to the budget's ``threads`` (when it names them)."""
+    import torch
+
+    if budgets[budget].get("threads"):
+        torch.set_num_threads(int(budgets[budget]["threads"]))
+
+
 def run_cell(args: GridArgs, method: str, dataset: str) -> Path:
     """Run one cell in this process and write its result JSON; returns the JSON path."""
     import torch
@@ -267,8 +275,7 @@ def run_cell(args: GridArgs, method: str, dataset: str) -> Path:
     recipe = recipe_cells()[(method, dataset)]
     cfg, overrides = compose_cell(args, budgets, method, dataset, recipe)
     os.environ.pop(RUN_DIR_ENV, None)  # the cell's own run_dir, never one inherited from a parent process
-    if budgets[args.budget].get("threads"):
-        torch.set_num_threads(budgets[args.budget]["threads"])
+    use_budget_threads(budgets, args.budget)
     metrics = run(cfg)
     payload = {
         "kind": CELL_KIND,
