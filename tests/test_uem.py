@@ -48,6 +48,27 @@ def test_the_module_gives_k_soft_prompts_whatever_the_history_length(length):
     assert tokens.shape == (3, length, 24) and token_mask.sum(1).tolist() == [1, length, length]
 
 
+def test_soft_prompts_enter_on_the_scale_of_the_token_embeddings():
+    torch.manual_seed(0)
+    history, mask = torch.randn(4, 7, 16) * 30, torch.ones(4, 7, dtype=torch.bool)
+    scaled = UserEmbeddingModule(UserEmbeddingConfig(num_tokens=3, module_dim=32), 16, 24, 10, False, 0.05)
+    tokens, _ = scaled(history, mask)
+    assert torch.allclose(tokens.pow(2).mean(-1).sqrt(), torch.full((4, 3), 0.05), rtol=1e-3)
+    assert scaled.gain.requires_grad  # the scale is learned from there
+    free = UserEmbeddingModule(UserEmbeddingConfig(num_tokens=3, module_dim=32, prompt_scale="free"), 16, 24, 10, False)
+    free.load_state_dict({k: v for k, v in scaled.state_dict().items() if k != "gain"})
+    raw, _ = free(history, mask)
+    assert raw.pow(2).mean(-1).sqrt().min() > 0.2  # the projection's own scale (LayerNorm then Linear)
+    with pytest.raises(ConfigError, match="prompt_scale"):
+        UserEmbeddingModule(UserEmbeddingConfig(prompt_scale="tiny"), 8, 8, 8, False)
+
+
+def test_uem_starts_its_soft_prompts_at_the_rms_of_the_lms_token_embeddings():
+    model, _ = build_on("uem_ml100k", [*TINY, *SHRINK])
+    table = model.backbone.model.get_input_embeddings().weight
+    assert float(model.user_module.gain) == pytest.approx(float(table.pow(2).mean().sqrt()), rel=1e-5)
+
+
 def test_padding_does_not_change_the_soft_prompts():
     torch.manual_seed(0)
     module = UserEmbeddingModule(UserEmbeddingConfig(num_tokens=3, module_dim=32, module_dropout=0.0), 8, 16, 20, False)

@@ -101,8 +101,11 @@ class SoftHistory:
         corpus = datamodule.corpus
         with_ratings = bool(cfg.model.use_ratings) and corpus.ratings is not None
         self.ratings = RatingLookup(corpus) if with_ratings else None
-        lm_dim = self.backbone.model.get_input_embeddings().embedding_dim
-        self.user_module = UserEmbeddingModule(cfg.model, table.shape[1], lm_dim, int(cfg.data.max_len), with_ratings)
+        embeddings = self.backbone.model.get_input_embeddings().weight.detach()
+        rms = float(embeddings.float().pow(2).mean().sqrt())
+        self.user_module = UserEmbeddingModule(
+            cfg.model, table.shape[1], embeddings.shape[1], int(cfg.data.max_len), with_ratings, embedding_rms=rms
+        )
 
     def soft_prompts(self, batch: dict) -> torch.Tensor | None:
         """The user tokens of every row, flattened in row-major order ([P, d_lm]) for the INJECT positions."""
