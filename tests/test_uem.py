@@ -300,3 +300,19 @@ def test_the_genre_benchmark_re_predicts_the_test_users_of_the_run(tmp_path, his
     assert preds.shape == labels.shape and len(preds) >= 2
     f1 = sample_f1(torch.from_numpy(preds), torch.from_numpy(labels))
     assert float(f1.mean()) == pytest.approx(metrics["test/f1"], abs=1e-6)
+
+
+def test_the_probe_sees_whether_the_lm_reads_the_soft_prompts():
+    from benchmarks.uem_probe import probe
+
+    torch.manual_seed(0)
+    model, datamodule = build_on("uem_ml100k", [*TINY, *SHRINK])
+    model.eval()
+    batch = first(datamodule, "test")
+    rows = len(batch["prompt_ids"])
+    same = probe(model, batch, torch.arange(rows))
+    assert same["first_token_kl_shuffled_max"] == pytest.approx(0.0, abs=1e-9)
+    assert len(same["spread_per_slot"]) == 4
+    assert same["soft_prompt_rms"] == pytest.approx(float(model.user_module.gain), rel=1e-3)
+    moved = probe(model, batch, torch.roll(torch.arange(rows), 1))
+    assert moved["first_token_kl_shuffled_mean"] > 1e-6  # a fresh LM reads its soft prompts

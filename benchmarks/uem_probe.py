@@ -1,0 +1,113 @@
+"""Does a trained UEM read its soft prompts? A probe of one run's best checkpoint on a sample of users.
+
+For ``users`` users (seeded sample) the test input (every item but the last) goes through the model as the test
+loop builds it (``zoo.load``'s ``Recommender.batch``), and the probe reports
+
+* **scale**: the RMS of the soft prompts against the RMS of the LM's token embeddings;
+* **spread**: per soft-prompt slot, the across-user standard deviation relative to the slot's mean vector (0: the
+  slot is the same for every user);
+* **use**: the KL divergence of the first title token's distribution when each user's soft prompts are replaced by
+  another user's (a random permutation of the sample), and the share of users whose top-10 changes then;
+* **personalisation of the output**: distinct items among the users' top-10 lists and distinct top-1 items.
+
+A model that ignores its soft prompts gives a KL near 0, an unchanged top-10 and the same list for every user.
+
+    python -m benchmarks.uem_probe run=RUN_DIR [users=64] [seed=0] [name=uem_probe]
+
+Writes ``benchmarks/results/<name>.json``; ``run`` is a ``zoo.run`` directory of a ``uem`` model.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.common import cli, integer, key_values, write_result
+
+DOC = __doc__
+
+
+def probe(model, batch: dict, permutation: torch.Tensor) -> dict:
+    """The scale / spread / use numbers of the module docstring for one evaluation batch of a UEM model."""
+    backbone = model.backbone
+    table = backbone.model.get_input_embeddings().weight.detach().float()
+    with torch.no_grad():
+        prompts = model.soft_prompts(batch)
+        rows = len(batch["prompt_ids"])
+        per_row = prompts.reshape(rows, -1, prompts.shape[-1]).float()
+        ids, mask = batch["prompt_ids"], batch["prompt_mask"]
+        own, _ = backbone.prefill(ids, mask, prompts)
+        other, _ = backbone.prefill(ids, mask, per_row[permutation].reshape(-1, prompts.shape[-1]))
+    logp, logq = own.float().log_softmax(-1), other.float().log_softmax(-1)
+    kl = (logp.exp() * (logp - logq)).sum(-1)
+    spread = per_row.std(0).norm(dim=-1) / per_row.mean(0).norm(dim=-1).clamp(min=1e-12)
+    return {
+        "soft_prompt_rms": round(float(per_row.pow(2).mean().sqrt()), 4),
+        "token_embedding_rms": round(float(table.pow(2).mean().sqrt()), 4),
+        "spread_per_slot": [round(float(x), 4) for x in spread],
+        "first_token_kl_shuffled_mean": float(kl.mean()),
+        "first_token_kl_shuffled_max": float(kl.max()),
+    }
+
+
+def body(argv: list[str]) -> None:
+    import zoo
+    from zoo.data.loading import load_corpus
+    from zoo.errors import ConfigError
+
+    settings = key_values(argv, {"run": None, "users": "64", "seed": "0", "name": "uem_probe"})
+    if not settings["run"]:
+        raise ConfigError("run= is required: a zoo.run directory of a uem model")
+    users, seed = integer(settings, "users", 2), integer(settings, "seed", 0)
+    torch.set_num_threads(1)
+    started = time.time()
+    rec = zoo.load(settings["run"])
+    model = rec.model
+    if not hasattr(model, "user_module"):
+        raise ConfigError(f"{settings['run']}: model '{rec.cfg.model.name}' has no user embedding module")
+    model.eval()
+    corpus = load_corpus(rec.cfg.data)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(corpus.num_users, size=min(users, corpus.num_users), replace=False))
+    histories = [corpus.items[corpus.offsets[u] : corpus.offsets[u + 1] - 1].tolist() for u in sample]
+    ids = [int(u) for u in sample]
+    permutation = torch.from_numpy(rng.permutation(len(sample)))
+    stats = probe(model, rec.batch(histories, ids), permutation)
+    top, _ = rec.top_k(histories, ids, 10, False)
+    top = np.asarray(top)
+    original = model.soft_prompts
+    try:  # the same users with each other's soft prompts
+        model.soft_prompts = lambda batch: _shuffled(original(batch), len(sample), permutation)
+        shuffled, _ = rec.top_k(histories, ids, 10, False)
+    finally:
+        del model.soft_prompts
+    shuffled = np.asarray(shuffled)
+    write_result(
+        settings["name"],
+        {
+            "what": "whether a trained UEM reads its soft prompts (see benchmarks/uem_probe.py)",
+            "run": str(Path(settings["run"])),
+            "recipe": str(rec.cfg.get("recipe", "")),
+            "prompt_scale": str(rec.cfg.model.get("prompt_scale", "free (before the option)")),
+            "users": len(sample),
+            "seed": seed,
+            **stats,
+            "top10_changed_when_shuffled": float(np.mean([set(a) != set(b) for a, b in zip(top, shuffled)])),
+            "distinct_items_in_top10s": int(len(np.unique(top))),
+            "distinct_top1": int(len(np.unique(top[:, 0]))),
+        },
+        started,
+    )
+
+
+def _shuffled(prompts: torch.Tensor, rows: int, permutation: torch.Tensor) -> torch.Tensor:
+    per_row = prompts.reshape(rows, -1, prompts.shape[-1])
+    return per_row[permutation].reshape(-1, prompts.shape[-1])
+
+
+if __name__ == "__main__":
+    sys.exit(cli(body, DOC))
