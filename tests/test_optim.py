@@ -46,3 +46,28 @@ def test_optimizers_and_bad_names():
         build_optimizer([param], "lion", lr=0.1)
     with pytest.raises(ConfigError, match="unknown optim.scheduler 'step'"):
         build_scheduler(build_optimizer([param], "sgd", lr=0.1), "step", 0, 10)
+
+
+def test_lr_scale_puts_parameters_in_groups_by_their_longest_prefix():
+    from omegaconf import OmegaConf
+
+    from zoo.optim import configure
+
+    module = torch.nn.ModuleDict(
+        {"a": torch.nn.Linear(2, 2), "b": torch.nn.ModuleDict({"c": torch.nn.Linear(2, 2), "d": torch.nn.Linear(2, 2)})}
+    )
+    module.b.d.bias.requires_grad_(False)
+    module._trainer = None
+    cfg = OmegaConf.create(
+        {"name": "adam", "lr": 0.01, "weight_decay": 0.0, "scheduler": "none", "lr_scale": {"b": 10, "b.c": 0.5}}
+    )
+    groups = {round(g["lr"], 6): {id(p) for p in g["params"]} for g in configure(module, cfg).param_groups}
+    assert groups == {
+        0.01: {id(module.a.weight), id(module.a.bias)},
+        0.005: {id(module.b.c.weight), id(module.b.c.bias)},
+        0.1: {id(module.b.d.weight)},  # the frozen bias is left out
+    }
+    for bad, why in (({"bx": 2}, "no trainable parameter"), ({"a": 0}, "> 0")):
+        cfg.lr_scale = bad
+        with pytest.raises(ConfigError, match=why):
+            configure(module, cfg)

@@ -52,6 +52,8 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     scheduler: str = "none"  # none | inverse_sqrt | cosine | linear
     warmup_steps: int = 0
+    # parameter-name prefix -> learning-rate multiplier (the longest matching prefix wins), e.g. {user_module: 10}
+    lr_scale: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -264,6 +266,7 @@ def compose(recipe: str, overrides: list[str] | None = None) -> DictConfig:
     schema.model = _section_schema(MODELS, names.get("model"), "model")
     schema.loss = _section_schema(LOSSES, names.get("loss"), "loss")
     OmegaConf.set_struct(schema, True)
+    OmegaConf.set_struct(schema.optim.lr_scale, False)  # its keys are parameter-name prefixes, not schema fields
     for layer in (raw, over):
         try:
             schema = OmegaConf.merge(schema, layer)

@@ -51,9 +51,36 @@ def build_scheduler(optimizer, kind: str, warmup_steps: int, total_steps: int):
     raise ConfigError(f"unknown optim.scheduler '{kind}' ({' | '.join(SCHEDULERS)})")
 
 
+def param_groups(module, lr: float, lr_scale) -> list[dict]:
+    """The trainable parameters of ``module`` in optimizer groups by ``optim.lr_scale`` (parameter-name prefix ->
+    learning-rate multiplier; the longest matching prefix wins, the rest keep ``lr``). A prefix that names no
+    trainable parameter is a ConfigError."""
+    scales = {str(k): float(v) for k, v in dict(lr_scale).items()}
+    bad = {k: v for k, v in scales.items() if not v > 0}
+    if bad:
+        raise ConfigError(f"optim.lr_scale multipliers must be > 0, got {bad}")
+    groups: dict[float, list] = {}
+    used = set()
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        match = max((p for p in scales if name == p or name.startswith(p + ".")), key=len, default=None)
+        used.add(match)
+        groups.setdefault(scales[match] if match is not None else 1.0, []).append(param)
+    unused = sorted(set(scales) - used)
+    if unused:
+        raise ConfigError(f"optim.lr_scale: no trainable parameter is named '{unused[0]}' or starts with it")
+    return [{"params": params, "lr": lr * scale} for scale, params in sorted(groups.items())]
+
+
 def configure(module, opt_cfg, params=None):
     """What ``LightningModule.configure_optimizers`` returns for ``opt_cfg`` (an ``optim:`` section)."""
-    params = [p for p in (params if params is not None else module.parameters()) if p.requires_grad]
+    if opt_cfg.get("lr_scale"):
+        if params is not None:
+            raise ConfigError("optim.lr_scale needs the module's named parameters, not an explicit parameter list")
+        params = param_groups(module, opt_cfg.lr, opt_cfg.lr_scale)
+    else:
+        params = [p for p in (params if params is not None else module.parameters()) if p.requires_grad]
     betas = opt_cfg.get("betas", (0.9, 0.999))
     optimizer = build_optimizer(params, opt_cfg.name, opt_cfg.lr, opt_cfg.weight_decay, betas)
     trainer = module._trainer
