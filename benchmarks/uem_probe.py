@@ -14,7 +14,8 @@ A model that ignores its soft prompts gives a KL near 0, an unchanged top-10 and
 
     python -m benchmarks.uem_probe run=RUN_DIR [users=64] [seed=0] [name=uem_probe]
 
-Writes ``benchmarks/results/<name>.json``; ``run`` is a ``zoo.run`` directory of a ``uem`` model.
+Writes ``benchmarks/results/<name>.json``; ``run`` is a ``zoo.run`` directory of a ``uem`` model, or of an
+``llmrec`` model (the history as text), for which only the personalisation of the output is measured.
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ def body(argv: list[str]) -> None:
     started = time.time()
     rec = zoo.load(settings["run"])
     model = rec.model
-    if not hasattr(model, "user_module"):
-        raise ConfigError(f"{settings['run']}: model '{rec.cfg.model.name}' has no user embedding module")
+    if rec.cfg.model.name != "uem" and not hasattr(model, "soft_prompts"):
+        raise ConfigError(f"{settings['run']}: model '{rec.cfg.model.name}' is not a generative LLM recommender")
+    soft = hasattr(model, "user_module")  # else (llmrec) only the output's personalisation is measured
     model.eval()
     corpus = load_corpus(rec.cfg.data)
     rng = np.random.default_rng(seed)
@@ -76,27 +78,29 @@ def body(argv: list[str]) -> None:
     histories = [corpus.items[corpus.offsets[u] : corpus.offsets[u + 1] - 1].tolist() for u in sample]
     ids = [int(u) for u in sample]
     permutation = torch.from_numpy(rng.permutation(len(sample)))
-    stats = probe(model, rec.batch(histories, ids), permutation)
+    stats = probe(model, rec.batch(histories, ids), permutation) if soft else {}
     top, _ = rec.top_k(histories, ids, 10, False)
     top = np.asarray(top)
-    original = model.soft_prompts
-    try:  # the same users with each other's soft prompts
-        model.soft_prompts = lambda batch: _shuffled(original(batch), len(sample), permutation)
-        shuffled, _ = rec.top_k(histories, ids, 10, False)
-    finally:
-        del model.soft_prompts
-    shuffled = np.asarray(shuffled)
+    if soft:
+        original = model.soft_prompts
+        try:  # the same users with each other's soft prompts
+            model.soft_prompts = lambda batch: _shuffled(original(batch), len(sample), permutation)
+            shuffled, _ = rec.top_k(histories, ids, 10, False)
+        finally:
+            del model.soft_prompts
+        changed = float(np.mean([set(a) != set(b) for a, b in zip(top, np.asarray(shuffled))]))
+        stats["top10_changed_when_shuffled"] = changed
     write_result(
         settings["name"],
         {
             "what": "whether a trained UEM reads its soft prompts (see benchmarks/uem_probe.py)",
             "run": str(Path(settings["run"])),
             "recipe": str(rec.cfg.get("recipe", "")),
-            "prompt_scale": str(rec.cfg.model.get("prompt_scale", "free (before the option)")),
+            "model": str(rec.cfg.model.name),
+            "prompt_scale": str(rec.cfg.model.get("prompt_scale", "free (before the option)")) if soft else None,
             "users": len(sample),
             "seed": seed,
             **stats,
-            "top10_changed_when_shuffled": float(np.mean([set(a) != set(b) for a, b in zip(top, shuffled)])),
             "distinct_items_in_top10s": int(len(np.unique(top))),
             "distinct_top1": int(len(np.unique(top[:, 0]))),
         },
