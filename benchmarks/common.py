@@ -63,11 +63,12 @@ def peak_memory_mb() -> float:
 
 
 def write_result(name: str, payload: dict, started: float | None = None, directory: Path = RESULTS_DIR) -> Path:
-    """Write ``results/<name>.json`` atomically with provenance added to ``payload``."""
+    """Write ``results/<name>.json`` atomically with provenance added to ``payload`` (a ``git_commit`` in it, taken
+    when the run started, is kept: the tree may have moved on while it ran)."""
     record = {
         "name": name,
         **payload,
-        "git_commit": git_commit(),
+        "git_commit": payload.get("git_commit") or git_commit(),
         "hardware": hardware(),
         "peak_memory_mb": payload.get("peak_memory_mb", peak_memory_mb()),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

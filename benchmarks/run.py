@@ -266,10 +266,11 @@ def run_cell(args: GridArgs, method: str, dataset: str) -> Path:
     import torch
     from omegaconf import OmegaConf
 
-    from benchmarks.common import write_result
+    from benchmarks.common import git_commit, write_result
     from zoo.run import run
 
     started = time.time()
+    commit = git_commit()  # the code the cell runs, not the tree's state when it ends
     load_start = round(os.getloadavg()[0], 2)
     budgets = load_budgets()
     recipe = recipe_cells()[(method, dataset)]
@@ -294,6 +295,7 @@ def run_cell(args: GridArgs, method: str, dataset: str) -> Path:
         "torch_threads": torch.get_num_threads(),
         "config": OmegaConf.to_container(cfg, resolve=True),
         "stages": stage_settings(cfg),
+        "git_commit": commit,
     }
     return write_result(result_name(method, dataset, args.budget), payload, started, directory=args.results_dir)
 
