@@ -42,7 +42,7 @@ def probe(model, batch: dict, permutation: torch.Tensor) -> dict:
         per_row = prompts.reshape(rows, -1, prompts.shape[-1]).float()
         ids, mask = batch["prompt_ids"], batch["prompt_mask"]
         own, _ = backbone.prefill(ids, mask, prompts)
-        other, _ = backbone.prefill(ids, mask, per_row[permutation].reshape(-1, prompts.shape[-1]))
+        other, _ = backbone.prefill(ids, mask, _shuffled(prompts, rows, permutation))
     logp, logq = own.float().log_softmax(-1), other.float().log_softmax(-1)
     kl = (logp.exp() * (logp - logq)).sum(-1)
     spread = per_row.std(0).norm(dim=-1) / per_row.mean(0).norm(dim=-1).clamp(min=1e-12)
