@@ -12,7 +12,10 @@ loss's difference to LML.
         [losses=lml,msl,msl_ats] [zero_shot=true] [bootstrap=1000] [name=msl_books_pretrained] > /tmp/mslp.log 2>&1 &
 
 Writes ``benchmarks/results/<name>.json`` after every finished row (a partial file says which rows are missing), so
-an interrupted run still reports what it measured. The data is ``$ZOO_DATA_DIR/MSL/Amazon_Books``.
+an interrupted run still reports what it measured, and resumes at row granularity: a re-run with the same steps,
+batch, eval_rows and seed keeps the finished rows (their test hits are in the file) and runs only the missing
+ones, so the four rows can be spread over several sessions (``threads=1`` beside other work); other settings are
+refused in one line (``fresh=true`` starts over). The data is ``$ZOO_DATA_DIR/MSL/Amazon_Books``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import bootstrap, cli, flag, integer, key_values, names, ndcg_at, write_result
+from benchmarks import common
+from benchmarks.common import (
+    bootstrap,
+    cli,
+    flag,
+    integer,
+    key_values,
+    names,
+    ndcg_at,
+    resumable_result,
+    write_result,
+)
+from benchmarks.loss_swap import full_ranks, top_ranks
 from benchmarks.msl_books import CACHE, PAPER, RECIPES, eval_folder
 from zoo.config import compose
 from zoo.errors import ConfigError
@@ -47,6 +62,7 @@ def _main(argv: list[str]) -> None:
             "zero_shot": "true",
             "bootstrap": 1000,
             "name": "msl_books_pretrained",
+            "fresh": "false",
         },
     )
     steps, batch = integer(args, "steps", minimum=1), integer(args, "batch", minimum=1)
@@ -61,9 +77,15 @@ def _main(argv: list[str]) -> None:
     os.environ.setdefault("ZOO_DATA_DIR", str(Path(__file__).resolve().parents[2] / "shared" / "datasets"))
     folder = eval_folder(Path(os.environ["ZOO_DATA_DIR"]) / "MSL" / "Amazon_Books", eval_rows, seed=0)
     plan = (["zero_shot"] if zero_shot else []) + losses
-    rows: dict[str, dict] = {}
-    ranks: dict[str, np.ndarray] = {}
+    path = common.RESULTS_DIR / f"{args['name']}.json"
+    resume = {"steps": steps, "batch": batch, "eval_rows": eval_rows, "seed": seed}
+    stored = resumable_result(path, resume, flag(args, "fresh"))
+    rows: dict[str, dict] = dict((stored or {}).get("rows", {}))
+    ranks: dict[str, np.ndarray] = {n: full_ranks(r["hits"]) for n, r in rows.items()}
     for name in plan:
+        if name in rows:
+            print(f"{name}: already in {path.name}, skipped", flush=True)
+            continue
         recipe = RECIPES["lml" if name == "zero_shot" else name]
         run_dir = claim_run_dir(CACHE / "runs_pretrained" / name)
         overrides = [
@@ -82,22 +104,26 @@ def _main(argv: list[str]) -> None:
         if name == "zero_shot":
             overrides.append("train=false")
         cfg = compose(recipe, overrides)
-        tick = time.time()
+        load, tick = os.getloadavg()[0], time.time()
         metrics = run(cfg)
         saved = np.load(run_dir / "test_ranks.npz")
-        ranks[name] = saved["rank"]
+        ranks[name] = full_ranks(top_ranks(saved["rank"]))
         rows[name] = {
             "recipe": recipe,
             "trained": name != "zero_shot",
             "loss": dict(cfg.loss) if name != "zero_shot" else None,
             "metrics": {k: round(v, 5) for k, v in metrics.items() if k.startswith("test/") and "@" in k},
             "wall_s": round(time.time() - tick, 1),
+            "torch_threads": threads,
+            "load_avg_1m_start": round(load, 2),
             "run_dir": str(run_dir),
+            "hits": top_ranks(saved["rank"]),
         }
         print(name, rows[name]["metrics"], f"{rows[name]['wall_s']} s", flush=True)
         done = [n for n in plan if n in rows]
         payload = {
             "kind": "llm_claim",
+            "resume": resume,
             "complete": len(done) == len(plan),
             "missing": [n for n in plan if n not in rows],
             "setting": {
@@ -108,15 +134,13 @@ def _main(argv: list[str]) -> None:
                 "eval": f"{eval_rows} of 4,383 test rows (seeded subsample, seed 0), the same rows for every row",
                 "decoding": "beam search constrained to the title trie, 10 beams",
                 "seed": seed,
-                "torch_threads": threads,
-                "load_avg_1m_start": os.getloadavg()[0],
             },
             "rows": rows,
             "bootstrap": bootstrap({n: ndcg_at(ranks[n], 10) for n in done}, resamples) if done else {},
             "bootstrap_resamples": resamples,
             "paper": PAPER,
         }
-        write_result(args["name"], payload, started)
+        write_result(args["name"], payload, started, common.RESULTS_DIR)
 
 
 def main(argv: list[str] | None = None) -> int:
