@@ -81,6 +81,41 @@ def test_padding_does_not_change_the_soft_prompts():
     assert torch.allclose(short, long, atol=1e-5)
 
 
+@pytest.mark.parametrize("tokens", ["queries", "per_item"])
+def test_the_alignment_term_is_a_catalogue_softmax_of_the_mean_soft_prompt(tokens):
+    model, datamodule = build_on("uem_ml100k", [*TINY, f"model.tokens={tokens}", "model.align_weight=0.5"])
+    model.train()
+    batch = first(datamodule)
+    torch.manual_seed(0)
+    prompts = model.soft_prompts(batch)
+    # by hand: each row's soft prompts averaged, cosine to every item's centred mean title-token embedding
+    table = model.backbone.model.get_input_embeddings().weight
+    titles = [table[torch.tensor(q)].mean(0) for q in model.titles.quoted[1:]]
+    items = torch.stack(titles)
+    items = items - items.mean(0)
+    counts = [model.cfg.model.num_tokens] * len(batch["target"])
+    if tokens == "per_item":
+        counts = (batch["history"] > 0).sum(1).tolist()
+    users = torch.stack([chunk.mean(0) for chunk in prompts.split(counts)])
+    cos = torch.nn.functional.normalize(users, dim=-1) @ torch.nn.functional.normalize(items, dim=-1).T
+    expected = torch.nn.functional.cross_entropy(cos / 0.07, batch["target"] - 1)
+    assert torch.allclose(model.alignment_loss(batch, prompts), expected, rtol=1e-4)
+    # the training loss is the LM's plus the weighted term, and the term's gradient reaches the module
+    model.zero_grad()
+    model.alignment_loss(batch, model.soft_prompts(batch)).backward()
+    assert float(model.user_module.project_in.weight.grad.abs().sum()) > 0
+    model.eval()  # no dropout: the same prompts for both calls
+    with torch.no_grad():
+        model.cfg.model.align_weight = 0.5
+        both = model.compute_loss(batch)
+        model.cfg.model.align_weight = 0.0
+        alone = model.compute_loss(batch)
+        term = model.alignment_loss(batch, model.soft_prompts(batch))
+    assert torch.allclose(both, alone + 0.5 * term, rtol=1e-5) and float(term) > 0
+    with pytest.raises(ConfigError, match="align_weight"):
+        build_on("uem_ml100k", [*TINY, "model.align_weight=-1"])
+
+
 def test_bad_module_settings_are_one_line():
     with pytest.raises(ConfigError, match="model.tokens"):
         UserEmbeddingModule(UserEmbeddingConfig(tokens="pooled"), 8, 8, 8, False)

@@ -31,6 +31,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 
 from zoo.data.corpus import Corpus
@@ -57,6 +58,9 @@ class UEMConfig(LLMRecConfig, UserEmbeddingConfig):
     text_encoder: str = DEFAULT_ENCODER  # the frozen sentence encoder of the item_embeddings stage
     text_fields: list[str] = field(default_factory=lambda: ["title", "genres", "categories", "brand", "attributes"])
     encode_batch_size: int = 256
+    # the zoo's addition (not in the paper): weight of the title-alignment loss of task 1 (``UEM.alignment_loss``);
+    # 0 trains on the LM's loss alone
+    align_weight: float = 0.0
 
 
 class RatingLookup:
@@ -160,6 +164,63 @@ class UEM(SoftHistory, LLMRec):
     def __init__(self, cfg, datamodule, artifacts: dict | None = None) -> None:
         super().__init__(cfg, datamodule, artifacts)
         self._build_user_module(cfg, datamodule)
+        if float(cfg.model.align_weight) < 0:
+            raise ConfigError(f"model.align_weight must be >= 0, got {cfg.model.align_weight}")
+        quoted = self.titles.quoted
+        width = max(len(q) for q in quoted)
+        table = torch.zeros(len(quoted), width, dtype=torch.long)
+        for item, tokens in enumerate(quoted):
+            table[item, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        self.register_buffer("title_tokens", table, persistent=False)  # [N + 1, T] (row 0: the padding item)
+        self.register_buffer("title_lengths", torch.tensor([len(q) for q in quoted]), persistent=False)
+        self.align_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's learned logit scale
+
+    def title_vectors(self) -> torch.Tensor:
+        """Every real item's title as the mean of the LM's token embeddings of its (quoted) title tokens,
+        centred over the catalogue: [N, d_lm] (item i at row i - 1)."""
+        table = self.backbone.model.get_input_embeddings()(self.title_tokens[1:])
+        keep = (torch.arange(table.shape[1], device=table.device) < self.title_lengths[1:, None]).to(table.dtype)
+        mean = (table * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
+        return mean - mean.mean(0, keepdim=True)
+
+    def alignment_loss(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor:
+        """The zoo's title-alignment term (``model.align_weight``): a softmax over the whole catalogue of the
+        cosine between a row's mean soft prompt and each item's mean title-token embedding (in the LM's own
+        embedding space), the target item the label. Without it the module collapses on a from-scratch LM: the
+        LM first learns the titles' marginal, treats the user tokens as noise, and the module learns to emit
+        one near-constant prompt (``benchmarks/uem_probe.py``); this term makes every user's prompt point at
+        the title tokens of the items it predicts, which a tied-embedding LM reads like text."""
+        rows = len(batch["target"])
+        if self.cfg.model.tokens == "queries":
+            user = prompts.reshape(rows, -1, prompts.shape[-1]).mean(1)
+        else:
+            counts = (batch["history"] > 0).sum(1)
+            user = torch.zeros(rows, prompts.shape[-1], dtype=prompts.dtype, device=prompts.device)
+            row = torch.repeat_interleave(torch.arange(rows, device=prompts.device), counts)
+            user = user.index_add(0, row, prompts) / counts.clamp(min=1)[:, None].to(prompts.dtype)
+        items = self.title_vectors().to(user.dtype)
+        logits = nn.functional.normalize(user, dim=-1) @ nn.functional.normalize(items, dim=-1).T
+        logits = logits * self.align_scale.clamp(max=math.log(100)).exp()
+        return nn.functional.cross_entropy(logits.float(), batch["target"] - 1)
+
+    def compute_loss(self, batch: dict) -> torch.Tensor:
+        weight = float(self.cfg.model.align_weight)
+        if not weight:
+            return super().compute_loss(batch)
+        prompts = self.soft_prompts(batch)
+        self._cached_prompts = prompts  # the LM's loss reads the same prompts (one module pass)
+        try:
+            lm = super().compute_loss(batch)
+        finally:
+            self._cached_prompts = None
+        align = self.alignment_loss(batch, prompts)
+        if self._trainer is not None:
+            self.log("train/align_loss", align, batch_size=len(batch["target"]))
+        return lm + weight * align
+
+    def soft_prompts(self, batch: dict) -> torch.Tensor | None:
+        cached = getattr(self, "_cached_prompts", None)
+        return cached if cached is not None else super().soft_prompts(batch)
 
     def data_spec(self) -> DataSpec:
         instruction, prefix = self._instruction()
