@@ -12,6 +12,10 @@ loop builds it (``zoo.load``'s ``Recommender.batch``), and the probe reports
 
 A model that ignores its soft prompts gives a KL near 0, an unchanged top-10 and the same list for every user.
 
+A model trained with the title-alignment term (``model.align_weight`` > 0) also gets the test NDCG@10 of that
+term's own ranking (each user's mean soft prompt against every item's mean title-token embedding, over every user,
+unmasked), beside most-popular ranked by the same training counts: what the module alone knows of the next item.
+
     python -m benchmarks.uem_probe run=RUN_DIR [users=64] [seed=0] [name=uem_probe]
 
 Writes ``benchmarks/results/<name>.json``; ``run`` is a ``zoo.run`` directory of a ``uem`` model, or of an
@@ -27,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import cli, integer, key_values, write_result
+from benchmarks.common import cli, integer, key_values, ndcg_at, write_result
 
 DOC = __doc__
 
@@ -90,6 +94,8 @@ def body(argv: list[str]) -> None:
             del model.soft_prompts
         changed = float(np.mean([set(a) != set(b) for a, b in zip(top, np.asarray(shuffled))]))
         stats["top10_changed_when_shuffled"] = changed
+    if soft and float(rec.cfg.model.get("align_weight", 0) or 0) > 0:
+        stats.update(alignment_head(rec, corpus))
     write_result(
         settings["name"],
         {
@@ -106,6 +112,31 @@ def body(argv: list[str]) -> None:
         },
         started,
     )
+
+
+def alignment_head(rec, corpus, chunk: int = 64) -> dict:
+    """Test NDCG@10 of the alignment term's ranking on every user (input: all items but the last), and of
+    most-popular by the same input counts."""
+    model = rec.model
+    users = np.arange(corpus.num_users)
+    histories = [corpus.items[corpus.offsets[u] : corpus.offsets[u + 1] - 1].tolist() for u in users]
+    targets = np.array([corpus.items[corpus.offsets[u + 1] - 1] for u in users]) - 1  # row of the item
+    counts = np.bincount(np.concatenate(histories), minlength=corpus.num_items + 1)[1:]
+    ranks = []
+    with torch.no_grad():
+        items = torch.nn.functional.normalize(model.title_vectors().float(), dim=-1)
+        for start in range(0, len(users), chunk):
+            batch = rec.batch(histories[start : start + chunk], [int(u) for u in users[start : start + chunk]])
+            mean = model.user_vectors(batch, model.soft_prompts(batch)).float()
+            scores = torch.nn.functional.normalize(mean, dim=-1) @ items.T
+            own = scores.gather(1, torch.from_numpy(targets[start : start + chunk])[:, None])
+            ranks.append((scores > own).sum(1).numpy())
+    popular = np.array([(counts > counts[t]).sum() for t in targets])
+    return {
+        "alignment_head_test_ndcg@10": round(float(ndcg_at(np.concatenate(ranks), 10).mean()), 5),
+        "most_popular_by_input_counts_test_ndcg@10": round(float(ndcg_at(popular, 10).mean()), 5),
+        "alignment_head_users": int(len(users)),
+    }
 
 
 def _shuffled(prompts: torch.Tensor, rows: int, permutation: torch.Tensor) -> torch.Tensor:

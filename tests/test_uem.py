@@ -351,3 +351,31 @@ def test_the_probe_sees_whether_the_lm_reads_the_soft_prompts():
     assert same["soft_prompt_rms"] == pytest.approx(float(model.user_module.gain), rel=1e-3)
     moved = probe(model, batch, torch.roll(torch.arange(rows), 1))
     assert moved["first_token_kl_shuffled_mean"] > 1e-6  # a fresh LM reads its soft prompts
+
+
+def test_the_probe_ranks_every_user_by_the_alignment_term(tmp_path):
+    """uem_probe's alignment-head NDCG: every user, the target's rank among all items; an oracle user vector (the
+    target's own title vector) scores 1 and most-popular is ranked by the input counts."""
+    import zoo
+    from benchmarks.uem_probe import alignment_head
+    from zoo.config import compose
+    from zoo.run import run
+
+    corpus = synthetic_corpus()
+    run_dir = tmp_path / "aligned"
+    overrides = [*TINY, *SHRINK, "model.align_weight=0.5", "logger.name=none", f"run_dir={run_dir}"]
+    run(compose("uem_ml100k", overrides), corpus)
+    rec = zoo.load(run_dir)
+    rec.model.eval()
+    found = alignment_head(rec, corpus)
+    assert found["alignment_head_users"] == corpus.num_users
+    assert 0 <= found["alignment_head_test_ndcg@10"] <= 1
+    targets = torch.tensor([corpus.items[corpus.offsets[u + 1] - 1] for u in range(corpus.num_users)])
+    rec.model.user_vectors = lambda batch, prompts: rec.model.title_vectors()[targets[batch["user"]] - 1]
+    assert alignment_head(rec, corpus)["alignment_head_test_ndcg@10"] == pytest.approx(1.0)
+    histories = np.concatenate(
+        [corpus.items[corpus.offsets[u] : corpus.offsets[u + 1] - 1] for u in range(len(targets))]
+    )
+    counts = np.bincount(histories, minlength=corpus.num_items + 1)
+    by_hand = np.mean([1 / np.log2(r + 2) if r < 10 else 0 for r in [(counts[1:] > counts[t]).sum() for t in targets]])
+    assert found["most_popular_by_input_counts_test_ndcg@10"] == pytest.approx(by_hand, abs=1e-5)

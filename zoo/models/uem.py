@@ -194,14 +194,9 @@ class UEM(SoftHistory, LLMRec):
         mean = torch.sparse.mm(bags, table.float()).to(table.dtype)
         return mean - mean.mean(0, keepdim=True)
 
-    def alignment_loss(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor:
-        """The zoo's title-alignment term (``model.align_weight``): a softmax over the whole catalogue of the
-        cosine between a row's mean soft prompt and each item's mean title-token embedding (in the LM's own
-        embedding space), the target item the label. Without it the module collapses on a from-scratch LM: the
-        LM first learns the titles' marginal, treats the user tokens as noise, and the module learns to emit
-        one near-constant prompt (``benchmarks/uem_probe.py``); this term makes every user's prompt point at
-        the title tokens of the items it predicts, which a tied-embedding LM reads like text."""
-        rows = len(batch["target"])
+    def user_vectors(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor:
+        """Each row's mean soft prompt ([B, d_lm]) from the flattened ``soft_prompts`` of ``batch``."""
+        rows = len(batch["history"])
         if self.cfg.model.tokens == "queries":
             user = prompts.reshape(rows, -1, prompts.shape[-1]).mean(1)
         else:
@@ -209,6 +204,16 @@ class UEM(SoftHistory, LLMRec):
             user = torch.zeros(rows, prompts.shape[-1], dtype=prompts.dtype, device=prompts.device)
             row = torch.repeat_interleave(torch.arange(rows, device=prompts.device), counts)
             user = user.index_add(0, row, prompts) / counts.clamp(min=1)[:, None].to(prompts.dtype)
+        return user
+
+    def alignment_loss(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor:
+        """The zoo's title-alignment term (``model.align_weight``): a softmax over the whole catalogue of the
+        cosine between a row's mean soft prompt and each item's mean title-token embedding (in the LM's own
+        embedding space), the target item the label. Without it the module collapses on a from-scratch LM: the
+        LM first learns the titles' marginal, treats the user tokens as noise, and the module learns to emit
+        one near-constant prompt (``benchmarks/uem_probe.py``); this term makes every user's prompt point at
+        the title tokens of the items it predicts, which a tied-embedding LM reads like text."""
+        user = self.user_vectors(batch, prompts)
         items = self.title_vectors().to(user.dtype)
         logits = nn.functional.normalize(user, dim=-1) @ nn.functional.normalize(items, dim=-1).T
         logits = logits * self.align_scale.clamp(max=math.log(100)).exp()
