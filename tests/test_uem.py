@@ -379,3 +379,31 @@ def test_the_probe_ranks_every_user_by_the_alignment_term(tmp_path):
     counts = np.bincount(histories, minlength=corpus.num_items + 1)
     by_hand = np.mean([1 / np.log2(r + 2) if r < 10 else 0 for r in [(counts[1:] > counts[t]).sum() for t in targets]])
     assert found["most_popular_by_input_counts_test_ndcg@10"] == pytest.approx(by_hand, abs=1e-5)
+
+
+@pytest.mark.parametrize("tokens", ["queries", "per_item"])
+def test_the_user_slot_is_the_mean_soft_prompt_right_before_the_response(tokens):
+    common = [*TINY, f"model.tokens={tokens}", "model.align_weight=1"]
+    plain, datamodule = build_on("uem_ml100k", common)
+    slotted, slot_dm = build_on("uem_ml100k", [*common, "model.user_slot=true"])
+    slotted.load_state_dict(plain.state_dict())
+    plain.eval(), slotted.eval()
+    batch, with_slot = first(datamodule), first(slot_dm)
+    assert torch.equal(batch["history"], with_slot["history"])
+    # one more INJECT position per row, the last prompt token (left padding: the prompt ends at the last column)
+    assert ((with_slot["prompt_ids"] == INJECT).sum(1) == (batch["prompt_ids"] == INJECT).sum(1) + 1).all()
+    assert (with_slot["prompt_ids"][:, -1] == INJECT).all()
+    with torch.no_grad():
+        _, mask = plain.user_tokens(batch)
+        flat = slotted.soft_prompts(with_slot)
+        mean = plain.user_vectors(batch, plain.soft_prompts(batch))
+        counts = mask.sum(1) + 1
+        last = flat[counts.cumsum(0) - 1]  # each row's last injected vector
+        assert torch.allclose(last, mean, atol=1e-6)
+        assert torch.allclose(slotted.user_vectors(with_slot, flat), mean, atol=1e-6)
+        # the alignment term reads the same user vector with or without the slot
+        assert torch.allclose(
+            slotted.alignment_loss(with_slot, flat), plain.alignment_loss(batch, plain.soft_prompts(batch))
+        )
+    with pytest.raises(ConfigError, match="task 1"):
+        build_on("uem_genres_ml100k", [*GENRES, "model.user_slot=true"])

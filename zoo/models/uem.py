@@ -61,6 +61,9 @@ class UEMConfig(LLMRecConfig, UserEmbeddingConfig):
     # the zoo's addition (not in the paper): weight of the title-alignment loss of task 1 (``UEM.alignment_loss``);
     # 0 trains on the LM's loss alone
     align_weight: float = 0.0
+    # the zoo's addition: one more INJECT position at the very end of the prompt, right before the response, that
+    # holds the user's mean soft prompt, so the first title token is predicted from it without attention
+    user_slot: bool = False
 
 
 class RatingLookup:
@@ -111,10 +114,14 @@ class SoftHistory:
             cfg.model, table.shape[1], embeddings.shape[1], int(cfg.data.max_len), with_ratings, embedding_rms=rms
         )
 
+    def user_tokens(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The module's soft prompts of every row and their mask ([B, S, d_lm], [B, S])."""
+        history = batch["history"]
+        return self.user_module(self.item_vectors[history], history > 0, batch.get("history_ratings"))
+
     def soft_prompts(self, batch: dict) -> torch.Tensor | None:
         """The user tokens of every row, flattened in row-major order ([P, d_lm]) for the INJECT positions."""
-        history = batch["history"]
-        tokens, mask = self.user_module(self.item_vectors[history], history > 0, batch.get("history_ratings"))
+        tokens, mask = self.user_tokens(batch)
         return tokens[mask]
 
 
@@ -123,13 +130,14 @@ class SoftPromptEncoder:
     ``INJECT`` positions (one per soft prompt), the target title as response (``encode_prompts``), and the
     history's rating levels (``history_ratings``) when the module reads them."""
 
-    def __init__(self, head: list[int], tail: list[int], titles, pad_id: int, counts, ratings) -> None:
+    def __init__(self, head: list[int], tail: list[int], titles, pad_id: int, counts, ratings, slot=False) -> None:
         self.head, self.tail, self.titles, self.pad_id = head, tail, titles, pad_id
+        self.slot = [INJECT] if slot else []  # model.user_slot: the mean soft prompt, last before the response
         self.counts = counts  # history [B, L] -> soft prompts per row
         self.ratings = ratings
 
     def __call__(self, batch: dict) -> dict:
-        prompts = [self.head + [INJECT] * n + self.tail for n in self.counts(batch["history"])]
+        prompts = [self.head + [INJECT] * n + self.tail + self.slot for n in self.counts(batch["history"])]
         if self.ratings is not None:
             batch["history_ratings"] = self.ratings(batch["user"], batch["history"])
         return encode_prompts(batch, prompts, self.titles, self.pad_id)
@@ -194,13 +202,23 @@ class UEM(SoftHistory, LLMRec):
         mean = torch.sparse.mm(bags, table.float()).to(table.dtype)
         return mean - mean.mean(0, keepdim=True)
 
+    def user_tokens(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The module's soft prompts, and with ``model.user_slot`` their mean appended as each row's last one."""
+        tokens, mask = super().user_tokens(batch)
+        if not self.cfg.model.user_slot:
+            return tokens, mask
+        weights = mask.to(tokens.dtype)[..., None]
+        mean = (tokens * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(min=1)
+        return torch.cat([tokens, mean], 1), torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+
     def user_vectors(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor:
-        """Each row's mean soft prompt ([B, d_lm]) from the flattened ``soft_prompts`` of ``batch``."""
+        """Each row's mean soft prompt ([B, d_lm]) from the flattened ``soft_prompts`` of ``batch`` (the user
+        slot, itself that mean, leaves it unchanged)."""
         rows = len(batch["history"])
         if self.cfg.model.tokens == "queries":
             user = prompts.reshape(rows, -1, prompts.shape[-1]).mean(1)
         else:
-            counts = (batch["history"] > 0).sum(1)
+            counts = (batch["history"] > 0).sum(1) + int(bool(self.cfg.model.user_slot))
             user = torch.zeros(rows, prompts.shape[-1], dtype=prompts.dtype, device=prompts.device)
             row = torch.repeat_interleave(torch.arange(rows, device=prompts.device), counts)
             user = user.index_add(0, row, prompts) / counts.clamp(min=1)[:, None].to(prompts.dtype)
@@ -244,7 +262,13 @@ class UEM(SoftHistory, LLMRec):
         tail = self.prompts.text(self.frame.closing)
         m = self.cfg.model
         encoder = SoftPromptEncoder(
-            head, tail, self.titles, self.backbone.pad_token_id, _Counts(m.tokens, int(m.num_tokens)), self.ratings
+            head,
+            tail,
+            self.titles,
+            self.backbone.pad_token_id,
+            _Counts(m.tokens, int(m.num_tokens)),
+            self.ratings,
+            slot=bool(m.user_slot),
         )
         return DataSpec(train_mode="prefix", transform=encoder)
 
@@ -500,6 +524,8 @@ class UEMGenres(SoftHistory, LLMRec):
             raise ConfigError(
                 f"uem_genres trains with loss.name=lml (its answers are genre lists, not titles), got {cfg.loss.name}"
             )
+        if float(cfg.model.align_weight) or cfg.model.user_slot:
+            raise ConfigError("model.align_weight and model.user_slot are task 1's (uem): uem_genres has no titles")
 
     def __init__(self, cfg, datamodule, artifacts: dict | None = None) -> None:
         m = cfg.model
