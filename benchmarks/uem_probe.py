@@ -59,21 +59,16 @@ def probe(model, batch: dict, permutation: torch.Tensor) -> dict:
     }
 
 
-def body(argv: list[str]) -> None:
+def measure(run: str | Path, users: int = 64, seed: int = 0) -> dict:
+    """The probe's numbers for the run directory ``run`` (a uem or llmrec run) on ``users`` sampled users."""
     import zoo
     from zoo.data.loading import load_corpus
     from zoo.errors import ConfigError
 
-    settings = key_values(argv, {"run": None, "users": "64", "seed": "0", "name": "uem_probe"})
-    if not settings["run"]:
-        raise ConfigError("run= is required: a zoo.run directory of a uem model")
-    users, seed = integer(settings, "users", 2), integer(settings, "seed", 0)
-    torch.set_num_threads(1)
-    started = time.time()
-    rec = zoo.load(settings["run"])
+    rec = zoo.load(run)
     model = rec.model
     if rec.cfg.model.name != "uem" and not hasattr(model, "soft_prompts"):
-        raise ConfigError(f"{settings['run']}: model '{rec.cfg.model.name}' is not a generative LLM recommender")
+        raise ConfigError(f"{run}: model '{rec.cfg.model.name}' is not a generative LLM recommender")
     soft = hasattr(model, "user_module")  # else (llmrec) only the output's personalisation is measured
     model.eval()
     corpus = load_corpus(rec.cfg.data)
@@ -94,22 +89,34 @@ def body(argv: list[str]) -> None:
             del model.soft_prompts
         changed = float(np.mean([set(a) != set(b) for a, b in zip(top, np.asarray(shuffled))]))
         stats["top10_changed_when_shuffled"] = changed
-    if soft and float(rec.cfg.model.get("align_weight", 0) or 0) > 0:
-        stats.update(alignment_head(rec, corpus))
+        if float(rec.cfg.model.get("align_weight", 0) or 0) > 0:
+            stats.update(alignment_head(rec, corpus))
+    return {
+        "run": str(Path(run)),
+        "recipe": str(rec.cfg.get("recipe", "")),
+        "model": str(rec.cfg.model.name),
+        "prompt_scale": str(rec.cfg.model.get("prompt_scale", "free (before the option)")) if soft else None,
+        "users": len(sample),
+        "seed": seed,
+        **stats,
+        "distinct_items_in_top10s": int(len(np.unique(top))),
+        "distinct_top1": int(len(np.unique(top[:, 0]))),
+    }
+
+
+def body(argv: list[str]) -> None:
+    from zoo.errors import ConfigError
+
+    settings = key_values(argv, {"run": None, "users": "64", "seed": "0", "name": "uem_probe"})
+    if not settings["run"]:
+        raise ConfigError("run= is required: a zoo.run directory of a uem model")
+    users, seed = integer(settings, "users", 2), integer(settings, "seed", 0)
+    torch.set_num_threads(1)
+    started = time.time()
+    found = measure(settings["run"], users, seed)
     write_result(
         settings["name"],
-        {
-            "what": "whether a trained UEM reads its soft prompts (see benchmarks/uem_probe.py)",
-            "run": str(Path(settings["run"])),
-            "recipe": str(rec.cfg.get("recipe", "")),
-            "model": str(rec.cfg.model.name),
-            "prompt_scale": str(rec.cfg.model.get("prompt_scale", "free (before the option)")) if soft else None,
-            "users": len(sample),
-            "seed": seed,
-            **stats,
-            "distinct_items_in_top10s": int(len(np.unique(top))),
-            "distinct_top1": int(len(np.unique(top[:, 0]))),
-        },
+        {"what": "whether a trained UEM reads its soft prompts (see benchmarks/uem_probe.py)", **found},
         started,
     )
 

@@ -1,0 +1,123 @@
+"""UEM task 1 at the ``cpu`` leaderboard budget with and without the zoo's two additions that target the collapse of
+its soft prompts (``benchmarks/uem_probe.py``): the title-alignment term (``model.align_weight``) and the user slot
+(``model.user_slot``). For each dataset and arm: the test metrics of the run (every test user), its training
+steps, and the probe of its best checkpoint (does the LM read the soft prompts; for the aligned arms, the test
+NDCG@10 of the alignment term's own ranking beside most-popular).
+
+    nohup python -m benchmarks.uem_alignment datasets=ml100k,sports [arms=cell,align,align_slot]
+        [name=uem_alignment] > /tmp/uem_alignment.log 2>&1 &
+
+Arms: ``cell`` is the leaderboard cell itself (the run directory its result file names; not re-run), ``align``
+adds ``model.align_weight=1``, ``align_slot`` adds ``model.user_slot=true`` to that. Each trained arm is the cell's
+run (``benchmarks.run.cell_overrides``: the budget's overrides, 12 minutes at 1 thread) with the arm's overrides,
+under ``runs/uem_alignment/<dataset>/<arm>/``. An arm whose directory already holds a finished run
+(``metrics.json``) is read, not trained again, so an interrupted call resumes at arm granularity. The JSON
+(``benchmarks/results/<name>.json``) is rewritten after every arm. Run it alone: the cells are time-capped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks import common
+from benchmarks.common import cli, key_values, names, write_result
+from zoo.errors import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ARMS = {
+    "cell": None,
+    "align": ["model.align_weight=1.0"],
+    "align_slot": ["model.align_weight=1.0", "model.user_slot=true"],
+}
+BUDGET = "cpu"
+
+
+def finished_run(folder: Path) -> Path | None:
+    """The newest run directory under ``folder`` with a metrics.json, or None."""
+    done = sorted(d for d in folder.glob("*") if (d / "metrics.json").is_file()) if folder.is_dir() else []
+    return done[-1] if done else None
+
+
+def cell_run(dataset: str) -> Path:
+    """The run directory of the ``uem`` leaderboard cell of ``dataset`` at the budget."""
+    path = common.RESULTS_DIR / f"uem__{dataset}__{BUDGET}.json"
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing: run python -m benchmarks.run methods=uem datasets={dataset} first")
+    run_dir = Path(json.loads(path.read_text())["run_dir"])
+    if not (run_dir / "metrics.json").is_file():
+        raise ConfigError(f"{run_dir} (the cell's run, named by {path.name}) is not on this machine")
+    return run_dir
+
+
+def train_arm(dataset: str, arm: str, run_root: Path) -> Path:
+    """The cell's run of ``uem_<dataset>`` with the arm's overrides; its run directory."""
+    from benchmarks.run import cell_overrides, load_budgets, use_budget_threads
+    from zoo.config import compose
+    from zoo.run import claim_run_dir, run
+
+    budgets = load_budgets()
+    run_dir = claim_run_dir(run_root / dataset / arm)
+    use_budget_threads(budgets, BUDGET)
+    run(compose(f"uem_{dataset}", cell_overrides(budgets, BUDGET, "uem", "uem", None, run_dir) + ARMS[arm]))
+    return run_dir
+
+
+def arm_record(arm: str, run_dir: Path) -> dict:
+    from benchmarks.run import epochs_run
+    from benchmarks.uem_probe import measure
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return {
+        "overrides": ARMS[arm] or [],
+        "run_dir": str(run_dir),
+        "test": {k: round(float(v), 5) for k, v in metrics.items() if k.startswith("test/") and "@" in k},
+        "best_val_ndcg@10": metrics.get("best/val/ndcg@10"),
+        "training": epochs_run(run_dir),
+        "wall_s": metrics.get("time/total_s"),  # zoo.run's: training and test
+        "probe": {k: v for k, v in measure(run_dir).items() if k not in ("run", "recipe", "model")},
+    }
+
+
+def _main(argv: list[str]) -> None:
+    args = key_values(argv, {"datasets": "ml100k,sports", "arms": ",".join(ARMS), "name": "uem_alignment"})
+    datasets, arms = names(args, "datasets"), names(args, "arms", choices=list(ARMS))
+    if not args["name"]:
+        raise ConfigError("name must not be empty")
+    started = time.time()
+    torch.set_num_threads(1)
+    path = common.RESULTS_DIR / f"{args['name']}.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    found: dict = result.get("datasets", {})
+    for dataset in datasets:
+        for arm in arms:
+            if arm in found.get(dataset, {}):
+                print(f"{dataset} {arm}: already in {path.name}", flush=True)
+                continue
+            if arm == "cell":
+                run_dir = cell_run(dataset)
+            else:
+                run_dir = finished_run(REPO_ROOT / "runs" / "uem_alignment" / dataset / arm)
+                if run_dir is None:
+                    run_dir = train_arm(dataset, arm, REPO_ROOT / "runs" / "uem_alignment")
+            found.setdefault(dataset, {})[arm] = arm_record(arm, run_dir)
+            print(dataset, arm, found[dataset][arm]["test"].get("test/ndcg@10"), flush=True)
+            payload = {
+                "what": "UEM task 1 at the cpu budget with and without the title-alignment term and the user slot",
+                "budget": BUDGET,
+                "arms": {a: ARMS[a] or "the leaderboard cell" for a in ARMS},
+                "datasets": found,
+            }
+            write_result(args["name"], payload, started, common.RESULTS_DIR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(_main, __doc__, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
