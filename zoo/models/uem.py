@@ -11,6 +11,11 @@ embedding module (``zoo.modules.user_embedding``) into soft prompts that an LM r
   the module's output. Module and LM are trained together: every LM weight for ``tiny-llama``, LoRA adapters
   (``model.lora_r``) for a pretrained backbone; the module is always trained in full.
 
+Two additions of the zoo's to task 1, off by default (``benchmarks/uem_alignment.py`` measures them): the
+title-alignment term ``model.align_weight`` (:meth:`UEM.alignment_loss`) and the user slot ``model.user_slot`` (the
+mean soft prompt as the last prompt position). On a tiny from-scratch LM they end the collapse of the soft prompts
+to one prompt for everyone, which the LM's loss alone leads to.
+
 Two tasks:
 
 * ``uem`` (task 1, ``generative``): the next item's title after the soft prompts, decoded by beam search constrained
