@@ -1,14 +1,15 @@
 """UEM task 1 at the ``cpu`` leaderboard budget with and without the zoo's two additions that target the collapse of
 its soft prompts (``benchmarks/uem_probe.py``): the title-alignment term (``model.align_weight``) and the user slot
-(``model.user_slot``). For each dataset and arm: the test metrics of the run (every test user), its training
+(``model.user_slot``), and the user bias on the title tokens' logits (``model.user_bias``). For each dataset and arm: the test metrics of the run (every test user), its training
 steps, and the probe of its best checkpoint (does the LM read the soft prompts; for the aligned arms, the test
 NDCG@10 of the alignment term's own ranking beside most-popular).
 
-    nohup python -m benchmarks.uem_alignment datasets=ml100k,sports [arms=cell,align,align_slot]
+    nohup python -m benchmarks.uem_alignment datasets=ml100k,sports [arms=cell,align,align_slot,align_bias]
         [name=uem_alignment] > /tmp/uem_alignment.log 2>&1 &
 
 Arms: ``cell`` is the leaderboard cell itself (the run directory its result file names; not re-run), ``align``
-adds ``model.align_weight=1``, ``align_slot`` adds ``model.user_slot=true`` to that. Each trained arm is the cell's
+adds ``model.align_weight=1``, ``align_slot`` adds ``model.user_slot=true`` to that, ``align_bias`` adds
+``model.user_bias=true`` to it instead. Each trained arm is the cell's
 run (``benchmarks.run.cell_overrides``: the budget's overrides, 12 minutes at 1 thread) with the arm's overrides,
 under ``runs/uem_alignment/<dataset>/<arm>/``. An arm whose directory already holds a finished run
 (``metrics.json``) is read, not trained again, so an interrupted call resumes at arm granularity. The JSON
@@ -33,6 +34,7 @@ ARMS = {
     "cell": None,
     "align": ["model.align_weight=1.0"],
     "align_slot": ["model.align_weight=1.0", "model.user_slot=true"],
+    "align_bias": ["model.align_weight=1.0", "model.user_bias=true"],
 }
 BUDGET = "cpu"
 

@@ -407,3 +407,45 @@ def test_the_user_slot_is_the_mean_soft_prompt_right_before_the_response(tokens)
         )
     with pytest.raises(ConfigError, match="task 1"):
         build_on("uem_genres_ml100k", [*GENRES, "model.user_slot=true"])
+
+
+def test_the_user_bias_adds_the_same_row_bias_in_training_and_in_decoding():
+    from zoo.modules.llm import generate_items
+
+    model, datamodule = build_on("uem_ml100k", [*TINY, "model.user_bias=true"])
+    model.eval()
+    batch = first(datamodule)
+    with torch.no_grad():
+        model.bias_scale.fill_(0.0)  # it starts at 0: the LM's own logits
+        labels = batch["labels"]
+        predicts = torch.zeros_like(labels, dtype=torch.bool)
+        predicts[:, :-1] = labels[:, 1:] != -100
+        prompts = model.soft_prompts(batch)
+        plain = model.backbone(batch["input_ids"], batch["attention_mask"], predicts, prompts)
+        assert torch.allclose(model.token_logits(batch, predicts), plain)
+        model.bias_scale.fill_(0.7)
+        table = model.backbone.model.get_input_embeddings().weight
+        bias = 0.7 * model.user_vectors(batch, prompts) @ table.T
+        rows = predicts.nonzero()[:, 0]
+        assert torch.allclose(model.token_logits(batch, predicts), plain + bias[rows], atol=1e-5)
+        # decoding: each step's logits of a row get that row's bias, so beam search ranks by the biased scores
+        items, scores = model.rank_scored(batch, 5)
+        same_items, same_scores = generate_items(
+            model.backbone,
+            batch["prompt_ids"],
+            batch["prompt_mask"],
+            model.titles.trie,
+            num_beams=5,
+            vectors=prompts,
+            logit_bias=bias,
+        )
+        assert torch.equal(items, same_items) and torch.allclose(scores, same_scores)
+        unbiased, _ = generate_items(
+            model.backbone, batch["prompt_ids"], batch["prompt_mask"], model.titles.trie, num_beams=5, vectors=prompts
+        )
+        model.bias_scale.fill_(0.0)
+        assert torch.equal(model.rank_scored(batch, 5)[0], unbiased)
+    model.train()
+    model.bias_scale.data.fill_(0.0)
+    model.compute_loss(batch).backward()
+    assert model.bias_scale.grad is not None and float(model.bias_scale.grad.abs()) > 0  # it learns from 0

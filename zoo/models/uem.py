@@ -43,7 +43,7 @@ from zoo.data.corpus import Corpus
 from zoo.data.datamodule import DataSpec, ShardedDataModule
 from zoo.errors import ConfigError, DataError
 from zoo.models.llm_rec import LLMRec, LLMRecConfig, encode_prompts, pack_prompts
-from zoo.modules.llm import INJECT
+from zoo.modules.llm import INJECT, generate_items
 from zoo.modules.text_encoder import DEFAULT_ENCODER
 from zoo.modules.user_embedding import UserEmbeddingConfig, UserEmbeddingModule, rating_levels
 from zoo.registry import MODELS
@@ -69,6 +69,9 @@ class UEMConfig(LLMRecConfig, UserEmbeddingConfig):
     # the zoo's addition: one more INJECT position at the very end of the prompt, right before the response, that
     # holds the user's mean soft prompt, so the first title token is predicted from it without attention
     user_slot: bool = False
+    # the zoo's addition: a per-user bias on every title token's logits, scale * (mean soft prompt . token
+    # embedding), the scale learned from 0 (the LM's own logits at the start)
+    user_bias: bool = False
 
 
 class RatingLookup:
@@ -181,6 +184,8 @@ class UEM(SoftHistory, LLMRec):
             raise ConfigError(f"model.align_weight must be >= 0, got {cfg.model.align_weight}")
         if float(cfg.model.align_weight) > 0:  # without the term the model has no extra weights or buffers
             self._build_title_bags()
+        if cfg.model.user_bias:
+            self.bias_scale = nn.Parameter(torch.zeros(()))
 
     def _build_title_bags(self) -> None:
         # every real item's title as a bag of its quoted title tokens, each weighted 1/length: [N, V] (sparse)
@@ -242,16 +247,50 @@ class UEM(SoftHistory, LLMRec):
         logits = logits * self.align_scale.clamp(max=math.log(100)).exp()
         return nn.functional.cross_entropy(logits.float(), batch["target"] - 1)
 
+    def logit_bias(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor | None:
+        """``model.user_bias``: each row's bias on the next-token logits ([B, V]), ``bias_scale`` times the dot
+        product of its mean soft prompt with every token embedding (the tied read-out's direction); else None."""
+        if not self.cfg.model.user_bias:
+            return None
+        table = self.backbone.model.get_input_embeddings().weight
+        return self.bias_scale * (self.user_vectors(batch, prompts).to(table.dtype) @ table.T)
+
+    def rank_scored(self, batch: dict, k: int, candidates: torch.Tensor | None = None):
+        if not self.cfg.model.user_bias:
+            return super().rank_scored(batch, k, candidates)
+        prompts = self.soft_prompts(batch)
+        return generate_items(
+            self.backbone,
+            batch["prompt_ids"],
+            batch["prompt_mask"],
+            self.titles.trie,
+            num_beams=k,
+            candidates=candidates,
+            sequences=self.titles.sequences,
+            vectors=prompts,
+            logit_bias=self.logit_bias(batch, prompts),
+        )
+
+    def token_logits(self, batch: dict, predicts: torch.Tensor) -> torch.Tensor:
+        logits = super().token_logits(batch, predicts)
+        bias = self.logit_bias(batch, self.soft_prompts(batch))
+        if bias is None:
+            return logits
+        rows = predicts.nonzero()[:, 0]  # the row of every predicted position, in the flattened order
+        return logits + bias[rows].to(logits.dtype)
+
     def compute_loss(self, batch: dict) -> torch.Tensor:
         weight = float(self.cfg.model.align_weight)
-        if not weight:
+        if not weight and not self.cfg.model.user_bias:
             return super().compute_loss(batch)
         prompts = self.soft_prompts(batch)
-        self._cached_prompts = prompts  # the LM's loss reads the same prompts (one module pass)
+        self._cached_prompts = prompts  # the LM's loss, its bias and the term read the same prompts (one pass)
         try:
             lm = super().compute_loss(batch)
         finally:
             self._cached_prompts = None
+        if not weight:
+            return lm
         align = self.alignment_loss(batch, prompts)
         if self._trainer is not None:
             self.log("train/align_loss", align, batch_size=len(batch["target"]))
@@ -529,8 +568,10 @@ class UEMGenres(SoftHistory, LLMRec):
             raise ConfigError(
                 f"uem_genres trains with loss.name=lml (its answers are genre lists, not titles), got {cfg.loss.name}"
             )
-        if float(cfg.model.align_weight) or cfg.model.user_slot:
-            raise ConfigError("model.align_weight and model.user_slot are task 1's (uem): uem_genres has no titles")
+        if float(cfg.model.align_weight) or cfg.model.user_slot or cfg.model.user_bias:
+            raise ConfigError(
+                "model.align_weight, model.user_slot and model.user_bias are task 1's (uem): uem_genres has no titles"
+            )
 
     def __init__(self, cfg, datamodule, artifacts: dict | None = None) -> None:
         m = cfg.model

@@ -328,7 +328,8 @@ class CausalLMBackbone(nn.Module):
 class KVCacheScorer:
     """The step function of ``zoo.modules.beam_search.beam_search`` over a causal LM: the first call returns the
     next-token logits after each (left-padded) prompt; later calls reorder the KV cache and attention mask to the
-    surviving beams' parents and feed one token per beam."""
+    surviving beams' parents and feed one token per beam. ``logit_bias`` ([B, V]) is added to every step's
+    next-token logits of each row's beams."""
 
     def __init__(
         self,
@@ -336,9 +337,13 @@ class KVCacheScorer:
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         vectors: torch.Tensor | None = None,
+        logit_bias: torch.Tensor | None = None,
     ) -> None:
         self.backbone = backbone
         self.first_logits, self.cache = backbone.prefill(input_ids, attention_mask, vectors)
+        self.bias = logit_bias
+        if logit_bias is not None:
+            self.first_logits = self.first_logits + logit_bias.to(self.first_logits.dtype)
         self.attention_mask = attention_mask
         self.width = 1  # beams per row currently held in the cache
 
@@ -358,7 +363,8 @@ class KVCacheScorer:
         ones = torch.ones_like(self.attention_mask[:, :1])
         self.attention_mask = torch.cat([self.attention_mask, ones], dim=1)
         logits, self.cache = self.backbone.decode(tokens.flatten(), self.attention_mask, self.cache)
-        return logits.view(*parents.shape, -1)
+        logits = logits.view(*parents.shape, -1)
+        return logits if self.bias is None else logits + self.bias[:, None].to(logits.dtype)
 
 
 @torch.no_grad()
@@ -371,12 +377,14 @@ def generate_items(
     candidates: torch.Tensor | None = None,
     sequences=None,
     vectors: torch.Tensor | None = None,
+    logit_bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ranked item ids [B, num_beams] (0 = fewer items found) and their log-probabilities, decoded after each
     left-padded prompt by beam search constrained to ``trie`` (``zoo.modules.beam_search``), or, with
     ``candidates`` ([B, K] item ids), to each row's candidates (``sequences[i]`` = item i's tokens).
-    ``vectors`` fill the prompts' :data:`INJECT` positions (soft prompts, prefixes)."""
-    scorer = KVCacheScorer(backbone, input_ids, attention_mask, vectors)
+    ``vectors`` fill the prompts' :data:`INJECT` positions (soft prompts, prefixes); ``logit_bias`` ([B, V]) is
+    added to every decoding step's logits of its row."""
+    scorer = KVCacheScorer(backbone, input_ids, attention_mask, vectors, logit_bias)
     if candidates is not None:
         result = candidate_beam_search(
             scorer, sequences, candidates.to(input_ids.device), backbone.vocab_size, num_beams, backbone.pad_token_id
