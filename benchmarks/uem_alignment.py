@@ -1,8 +1,9 @@
-"""UEM task 1 at the ``cpu`` leaderboard budget with and without the zoo's two additions that target the collapse of
-its soft prompts (``benchmarks/uem_probe.py``): the title-alignment term (``model.align_weight``) and the user slot
-(``model.user_slot``), and the user bias on the title tokens' logits (``model.user_bias``). For each dataset and arm: the test metrics of the run (every test user), its training
-steps, and the probe of its best checkpoint (does the LM read the soft prompts; for the aligned arms, the test
-NDCG@10 of the alignment term's own ranking beside most-popular).
+"""UEM task 1 at the ``cpu`` leaderboard budget with and without the zoo's additions that target the collapse of its
+soft prompts (``benchmarks/uem_probe.py``): the title-alignment term (``model.align_weight``), the user slot
+(``model.user_slot``) and the user bias on the title tokens' logits (``model.user_bias``). For each dataset and
+arm: the test metrics of the run (every test user), its training steps, and the probe of its best checkpoint (does
+the LM read the soft prompts; for the aligned arms, the test NDCG@10 of the alignment term's own ranking beside
+most-popular).
 
     nohup python -m benchmarks.uem_alignment datasets=ml100k,sports [arms=cell,align,align_slot,align_bias]
         [name=uem_alignment] > /tmp/uem_alignment.log 2>&1 &
