@@ -311,6 +311,12 @@ def test_a_killed_concurrent_run_resumes_from_the_cache(tmp_path) -> None:
         kept = TextCache(path)
         assert 8 <= len(kept.records) < n, "the child finished before it was killed"
         asked = len(server.requests)
+        settle = time.monotonic() + 10  # the killed child's last requests may still be reaching the server
+        while time.monotonic() < settle:
+            time.sleep(0.2)
+            if len(server.requests) == asked:
+                break
+            asked = len(server.requests)
         texts = generate_cached(
             [str(i) for i in range(n)], [f"q{i}" for i in range(n)], HTTPChatGenerator(server.url, "m"), path
         )
