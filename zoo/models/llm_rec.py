@@ -161,5 +161,9 @@ class LLMRec(RecModel):
             num_beams=k,
             candidates=candidates,
             sequences=self.titles.sequences,
-            vectors=self.soft_prompts(batch),
+            **self.decoding_inputs(batch),
         )
+
+    def decoding_inputs(self, batch: dict) -> dict:
+        """What beam search gets besides the prompts: the INJECT vectors (and, in subclasses, a logit bias)."""
+        return {"vectors": self.soft_prompts(batch)}

@@ -43,7 +43,7 @@ from zoo.data.corpus import Corpus
 from zoo.data.datamodule import DataSpec, ShardedDataModule
 from zoo.errors import ConfigError, DataError
 from zoo.models.llm_rec import LLMRec, LLMRecConfig, encode_prompts, pack_prompts
-from zoo.modules.llm import INJECT, generate_items
+from zoo.modules.llm import INJECT
 from zoo.modules.text_encoder import DEFAULT_ENCODER
 from zoo.modules.user_embedding import UserEmbeddingConfig, UserEmbeddingModule, rating_levels
 from zoo.registry import MODELS
@@ -255,21 +255,9 @@ class UEM(SoftHistory, LLMRec):
         table = self.backbone.model.get_input_embeddings().weight
         return self.bias_scale * (self.user_vectors(batch, prompts).to(table.dtype) @ table.T)
 
-    def rank_scored(self, batch: dict, k: int, candidates: torch.Tensor | None = None):
-        if not self.cfg.model.user_bias:
-            return super().rank_scored(batch, k, candidates)
+    def decoding_inputs(self, batch: dict) -> dict:
         prompts = self.soft_prompts(batch)
-        return generate_items(
-            self.backbone,
-            batch["prompt_ids"],
-            batch["prompt_mask"],
-            self.titles.trie,
-            num_beams=k,
-            candidates=candidates,
-            sequences=self.titles.sequences,
-            vectors=prompts,
-            logit_bias=self.logit_bias(batch, prompts),
-        )
+        return {"vectors": prompts, "logit_bias": self.logit_bias(batch, prompts)}
 
     def token_logits(self, batch: dict, predicts: torch.Tensor) -> torch.Tensor:
         logits = super().token_logits(batch, predicts)
