@@ -45,8 +45,12 @@ def probe(model, batch: dict, permutation: torch.Tensor) -> dict:
         rows = len(batch["prompt_ids"])
         per_row = prompts.reshape(rows, -1, prompts.shape[-1]).float()
         ids, mask = batch["prompt_ids"], batch["prompt_mask"]
+        swapped = _shuffled(prompts, rows, permutation)
         own, _ = backbone.prefill(ids, mask, prompts)
-        other, _ = backbone.prefill(ids, mask, _shuffled(prompts, rows, permutation))
+        other, _ = backbone.prefill(ids, mask, swapped)
+        bias = getattr(model, "logit_bias", None)  # model.user_bias: the first token's logits carry it too
+        if bias is not None and bias(batch, prompts) is not None:
+            own, other = own + bias(batch, prompts), other + bias(batch, swapped)
     logp, logq = own.float().log_softmax(-1), other.float().log_softmax(-1)
     kl = (logp.exp() * (logp - logq)).sum(-1)
     spread = per_row.std(0).norm(dim=-1) / per_row.mean(0).norm(dim=-1).clamp(min=1e-12)
