@@ -422,12 +422,12 @@ def test_the_user_bias_adds_the_same_row_bias_in_training_and_in_decoding():
         predicts[:, :-1] = labels[:, 1:] != -100
         prompts = model.soft_prompts(batch)
         plain = model.backbone(batch["input_ids"], batch["attention_mask"], predicts, prompts)
-        assert torch.allclose(model.token_logits(batch, predicts), plain)
+        assert torch.allclose(model.token_logits(batch, predicts, prompts), plain)
         model.bias_scale.fill_(0.7)
         table = model.backbone.model.get_input_embeddings().weight
         bias = 0.7 * model.user_vectors(batch, prompts) @ table.T
         rows = predicts.nonzero()[:, 0]
-        assert torch.allclose(model.token_logits(batch, predicts), plain + bias[rows], atol=1e-5)
+        assert torch.allclose(model.token_logits(batch, predicts, prompts), plain + bias[rows], atol=1e-5)
         # decoding: each step's logits of a row get that row's bias, so beam search ranks by the biased scores
         items, scores = model.rank_scored(batch, 5)
         same_items, same_scores = generate_items(

@@ -130,17 +130,20 @@ class LLMRec(RecModel):
         """Vectors for the prompts' :data:`zoo.modules.llm.INJECT` positions (UEM's user tokens); none here."""
         return None
 
-    def token_logits(self, batch: dict, predicts: torch.Tensor) -> torch.Tensor:
-        """The logits at the ``predicts`` positions ([P, V], row-major), soft prompts injected."""
-        return self.backbone(batch["input_ids"], batch["attention_mask"], predicts, self.soft_prompts(batch))
+    def token_logits(self, batch: dict, predicts: torch.Tensor, prompts: torch.Tensor | None) -> torch.Tensor:
+        """The logits at the ``predicts`` positions ([P, V], row-major), ``prompts`` in the INJECT positions."""
+        return self.backbone(batch["input_ids"], batch["attention_mask"], predicts, prompts)
 
     def compute_loss(self, batch: dict) -> torch.Tensor:
+        return self.token_loss(batch, self.soft_prompts(batch))
+
+    def token_loss(self, batch: dict, prompts: torch.Tensor | None) -> torch.Tensor:
         """Token loss on the response tokens only: their logits are computed flattened into one row
         ([1, P, V], responses back to back), which every token loss accepts (see ``zoo.losses.msl``)."""
         labels = batch["labels"]
         predicts = torch.zeros_like(labels, dtype=torch.bool)
         predicts[:, :-1] = labels[:, 1:] != -100
-        logits = self.token_logits(batch, predicts)
+        logits = self.token_logits(batch, predicts, prompts)
         loss = self.loss(logits.unsqueeze(0), labels[:, 1:][predicts[:, :-1]].unsqueeze(0))
         tau = getattr(self.loss, "tau", None)
         if isinstance(tau, torch.Tensor) and self._trainer is not None:

@@ -11,10 +11,11 @@ embedding module (``zoo.modules.user_embedding``) into soft prompts that an LM r
   the module's output. Module and LM are trained together: every LM weight for ``tiny-llama``, LoRA adapters
   (``model.lora_r``) for a pretrained backbone; the module is always trained in full.
 
-Two additions of the zoo's to task 1, off by default (``benchmarks/uem_alignment.py`` measures them): the
-title-alignment term ``model.align_weight`` (:meth:`UEM.alignment_loss`) and the user slot ``model.user_slot`` (the
-mean soft prompt as the last prompt position). On a tiny from-scratch LM they end the collapse of the soft prompts
-to one prompt for everyone, which the LM's loss alone leads to.
+Three additions of the zoo's to task 1, off by default (``benchmarks/uem_alignment.py`` measures them): the
+title-alignment term ``model.align_weight`` (:meth:`UEM.alignment_loss`), the user slot ``model.user_slot`` (the
+mean soft prompt as the last prompt position) and the user bias ``model.user_bias`` (:meth:`UEM.logit_bias`). On a
+tiny from-scratch LM the term ends the collapse of the soft prompts to one prompt for everyone, which the LM's loss
+alone leads to.
 
 Two tasks:
 
@@ -259,9 +260,9 @@ class UEM(SoftHistory, LLMRec):
         prompts = self.soft_prompts(batch)
         return {"vectors": prompts, "logit_bias": self.logit_bias(batch, prompts)}
 
-    def token_logits(self, batch: dict, predicts: torch.Tensor) -> torch.Tensor:
-        logits = super().token_logits(batch, predicts)
-        bias = self.logit_bias(batch, self.soft_prompts(batch))
+    def token_logits(self, batch: dict, predicts: torch.Tensor, prompts: torch.Tensor | None) -> torch.Tensor:
+        logits = super().token_logits(batch, predicts, prompts)
+        bias = self.logit_bias(batch, prompts)
         if bias is None:
             return logits
         rows = predicts.nonzero()[:, 0]  # the row of every predicted position, in the flattened order
@@ -269,24 +270,14 @@ class UEM(SoftHistory, LLMRec):
 
     def compute_loss(self, batch: dict) -> torch.Tensor:
         weight = float(self.cfg.model.align_weight)
-        if not weight and not self.cfg.model.user_bias:
-            return super().compute_loss(batch)
-        prompts = self.soft_prompts(batch)
-        self._cached_prompts = prompts  # the LM's loss, its bias and the term read the same prompts (one pass)
-        try:
-            lm = super().compute_loss(batch)
-        finally:
-            self._cached_prompts = None
+        prompts = self.soft_prompts(batch)  # one module pass: the LM's loss, its bias and the term read them
+        lm = self.token_loss(batch, prompts)
         if not weight:
             return lm
         align = self.alignment_loss(batch, prompts)
         if self._trainer is not None:
             self.log("train/align_loss", align, batch_size=len(batch["target"]))
         return lm + weight * align
-
-    def soft_prompts(self, batch: dict) -> torch.Tensor | None:
-        cached = getattr(self, "_cached_prompts", None)
-        return cached if cached is not None else super().soft_prompts(batch)
 
     def data_spec(self) -> DataSpec:
         instruction, prefix = self._instruction()
