@@ -209,7 +209,7 @@ class UEM(SoftHistory, LLMRec):
         bags = torch.sparse_coo_tensor(
             self.title_bag_index, self.title_bag_weight, self.title_bag_shape, is_coalesced=True
         )
-        # a sparse product: 13x cheaper than a gather of [N, T, d] on Sports' 18k titles
+        # a sparse product: no [N, T, d] gather of every title's token embeddings
         mean = torch.sparse.mm(bags, table.float()).to(table.dtype)
         return mean - mean.mean(0, keepdim=True)
 
