@@ -42,11 +42,10 @@ from benchmarks.common import (
     resumable_result,
     write_result,
 )
-from benchmarks.loss_swap import full_ranks, top_ranks
+from benchmarks.llm_claims import run_row
+from benchmarks.loss_swap import full_ranks
 from benchmarks.msl_books import CACHE, PAPER, RECIPES, eval_folder
-from zoo.config import compose
 from zoo.errors import ConfigError
-from zoo.run import claim_run_dir, run
 
 BACKBONE = ["model.backbone=smollm2-135m", "model.lora_r=8", "optim.lr=0.0001", "eval.num_beams=10"]
 
@@ -114,11 +113,6 @@ def _main(argv: list[str]) -> None:
         if name in rows:
             print(f"{name}: already in {path.name}, skipped", flush=True)
             continue
-        recipe = RECIPES["lml" if name == "zero_shot" else name]
-        earlier = Path(pending.get(name, ""))
-        # a row interrupted after its training epoch resumes from that run's checkpoint (only the test remains)
-        again = name != "zero_shot" and name in pending and (earlier / "checkpoints" / "last.ckpt").is_file()
-        run_dir = earlier if again else claim_run_dir(CACHE / "runs_pretrained" / name)
         overrides = [
             *BACKBONE,
             f"data.path={folder}",
@@ -129,34 +123,13 @@ def _main(argv: list[str]) -> None:
             f"trainer.limit_train_batches={steps}",
             "trainer.enable_progress_bar=false",
             "trainer.log_every_n_steps=5",
-            "eval.save_ranks=true",
-            f"run_dir={run_dir}",
         ]
-        if name == "zero_shot":
-            overrides.append("train=false")
-        if again:
-            overrides.append(f"resume={run_dir}")
-            print(f"{name}: resuming {run_dir} (trained: test only)", flush=True)
-        cfg = compose(recipe, overrides)
-        pending[name] = str(run_dir)
-        write()
-        load, tick = os.getloadavg()[0], time.time()
-        metrics = run(cfg)
-        saved = np.load(run_dir / "test_ranks.npz")
-        ranks[name] = full_ranks(top_ranks(saved["rank"]))
-        rows[name] = {
-            "recipe": recipe,
-            "trained": name != "zero_shot",
-            "loss": dict(cfg.loss) if name != "zero_shot" else None,
-            "metrics": {k: round(v, 5) for k, v in metrics.items() if k.startswith("test/") and "@" in k},
-            "wall_s": round(time.time() - tick, 1),
-            "resumed_after_training": again,
-            "torch_threads": threads,
-            "load_avg_1m_start": round(load, 2),
-            "run_dir": str(run_dir),
-            "hits": top_ranks(saved["rank"]),
-        }
-        print(name, rows[name]["metrics"], f"{rows[name]['wall_s']} s", flush=True)
+        recipe = RECIPES["lml" if name == "zero_shot" else name]
+        row, _ = run_row(
+            name, recipe, overrides, CACHE / "runs_pretrained", pending, write, name != "zero_shot", threads
+        )
+        ranks[name] = full_ranks(row["hits"])
+        rows[name] = row
         write()
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import common, msl_books_pretrained
+from benchmarks import common, llm_claims, msl_books_pretrained
 from zoo.errors import ConfigError
 
 
@@ -40,7 +40,7 @@ def fake(monkeypatch, tmp_path):
         np.savez(Path(cfg.run_dir) / "test_ranks.npz", rank=ranks)
         return {"test/ndcg@10": float(common.ndcg_at(ranks, 10).mean())}
 
-    monkeypatch.setattr(msl_books_pretrained, "run", run)
+    monkeypatch.setattr(llm_claims, "run", run)
     return calls, kill, tmp_path / "results" / "m.json"
 
 
