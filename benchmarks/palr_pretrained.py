@@ -63,12 +63,29 @@ BACKBONE = ["model.backbone=smollm2-135m", "model.lora_r=8", "optim.lr=0.0001", 
 def sasrec_ranks(candidates_path, examples, users: int) -> tuple[np.ndarray, np.ndarray]:
     """The first ``users`` test examples' users and the 0-based rank of each target in SASRec's top-10 (10 = a
     miss): SASRec's own ranking, read from its exported list."""
+    user, target = np.asarray(examples.user[:users]), np.asarray(examples.target[:users])
+    return user, shown_ranks(candidates_path, user, target, 10)
+
+
+def shown_ranks(candidates_path, users: np.ndarray, targets: np.ndarray, shown: int) -> np.ndarray:
+    """The 0-based rank of each target in SASRec's first ``shown`` items (``shown`` = not among them)."""
     ids, items = load_candidates(candidates_path)["test"]
     row_of = {int(u): i for i, u in enumerate(ids.tolist())}
-    user, target = examples.user[:users], examples.target[:users]
-    top10 = items[[row_of[int(u)] for u in user], :10]
-    hit = top10 == target[:, None]
-    return np.asarray(user), np.where(hit.any(axis=1), hit.argmax(axis=1), 10)
+    hit = items[[row_of[int(u)] for u in users], :shown] == targets[:, None]
+    return np.where(hit.any(axis=1), hit.argmax(axis=1), shown)
+
+
+def reference(shown_at: np.ndarray, shown: int) -> dict[str, float]:
+    """What any re-ranker of the shown lists can reach (HR@shown: the target is among them) and what a uniformly
+    random order of them gives in expectation (NDCG@10, HR@10), on the same users."""
+    among = float((shown_at < shown).mean())
+    cut = min(10, shown)
+    gain = float(sum(1.0 / np.log2(r + 2.0) for r in range(cut)) / shown)
+    return {
+        f"ceiling_hr@{shown}": round(among, 5),
+        "random_order_expected_ndcg@10": round(among * gain, 5),
+        "random_order_expected_hr@10": round(among * cut / shown, 5),
+    }
 
 
 def list_metrics(ranks: np.ndarray) -> dict[str, float]:
@@ -162,6 +179,7 @@ def _main(argv: list[str]) -> None:
                 "torch_threads": threads,
             },
             "rows": rows,
+            "reference": reference(shown_ranks(candidates, slice_users, examples.target[:users], shown), shown),
             "bootstrap": bootstrap({n: ndcg_at(ranks[n], 10) for n in done}, resamples, reference="sasrec"),
             "bootstrap_resamples": resamples,
             "paper": PAPER,

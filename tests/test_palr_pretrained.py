@@ -77,6 +77,15 @@ def test_sasrec_row_llm_rows_paired_and_resumed(fake):
         top = items[row_of[user], :10].tolist()
         expected.append(top.index(target) if target in top else 10)
     ndcg = common.ndcg_at(np.array(expected), 10).mean()
+    # the reference: the shown 5 hold the target for `among` of the users; a random order of 5 keeps all in the top 10
+    among = np.mean(
+        [t in items[row_of[u], :5].tolist() for u, t in zip(examples.user[:USERS], examples.target[:USERS])]
+    )
+    gain = sum(1 / np.log2(r + 2) for r in range(5)) / 5
+    assert stored["reference"] == pytest.approx(
+        {"ceiling_hr@5": among, "random_order_expected_hr@10": among, "random_order_expected_ndcg@10": among * gain},
+        abs=1e-5,
+    )
     assert stored["rows"]["sasrec"]["metrics"]["test/ndcg@10"] == pytest.approx(ndcg, abs=1e-5)
     assert stored["bootstrap"]["zero_shot"]["minus_sasrec"] == pytest.approx(
         common.ndcg_at(np.arange(USERS) % 11, 10).mean() - ndcg
