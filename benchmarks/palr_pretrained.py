@@ -159,6 +159,10 @@ def _main(argv: list[str]) -> None:
 
     def write() -> None:
         done = [n for n in plan if n in rows]
+        tuning = {}  # what the LoRA steps change: the tuned row against the zero-shot one, paired
+        if {"zero_shot", "palr"} <= set(done):
+            pair = {n: ndcg_at(ranks[n], 10) for n in ("zero_shot", "palr")}
+            tuning = bootstrap(pair, resamples, reference="zero_shot")["palr"]
         payload = {
             "kind": "llm_claim",
             "resume": resume,
@@ -181,6 +185,7 @@ def _main(argv: list[str]) -> None:
             "rows": rows,
             "reference": reference(shown_ranks(candidates, slice_users, examples.target[:users], shown), shown),
             "bootstrap": bootstrap({n: ndcg_at(ranks[n], 10) for n in done}, resamples, reference="sasrec"),
+            "tuning_effect": tuning,
             "bootstrap_resamples": resamples,
             "paper": PAPER,
         }

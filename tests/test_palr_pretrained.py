@@ -97,6 +97,9 @@ def test_sasrec_row_llm_rows_paired_and_resumed(fake):
     assert [(c["row"], c["resume"]) for c in calls] == [("palr", interrupted)]
     stored = json.loads(path.read_text())
     assert stored["complete"] and stored["rows"]["palr"]["resumed_after_training"]
+    assert stored["tuning_effect"]["minus_zero_shot"] == pytest.approx(
+        (common.ndcg_at(np.arange(USERS) % 6, 10) - common.ndcg_at(np.arange(USERS) % 11, 10)).mean()
+    )
 
 
 def test_rows_of_other_users_are_refused(fake):
