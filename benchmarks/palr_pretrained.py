@@ -16,17 +16,19 @@ constrained to the candidates' real titles) as a baseline row.
 The test slice is the first ``users`` test users (every row the same users); the JSON gives each row's HR and NDCG
 @5/10, and a paired bootstrap 95% interval of each row's NDCG@10 and of its difference to SASRec's top-10.
 
-    nohup python -m benchmarks.palr_pretrained [steps=40] [batch=8] [users=943] [candidates=20] [seed=42]
+    nohup python -m benchmarks.palr_pretrained [steps=100] [batch=8] [users=480] [candidates=20] [seed=42]
         [threads=1] [sasrec_minutes=10] [zero_shot=true] [bootstrap=1000] [name=palr_pretrained]
         > /tmp/palrp.log 2>&1 &
 
 Writes ``benchmarks/results/<name>.json`` after every finished row and resumes at row granularity (as
 ``benchmarks.msl_books_pretrained``: the same settings keep the finished rows, a row stopped after training
-only tests; other settings are refused in one line, ``fresh=true`` starts over).
+only tests; other settings, or another SASRec list file (a rebuilt stage: its SHA-256 is kept), are refused in one
+line, ``fresh=true`` starts over).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -53,7 +55,7 @@ from zoo.config import compose
 from zoo.data import SequentialDataModule
 from zoo.data.candidates import load_candidates
 from zoo.data.loading import load_corpus
-from zoo.errors import DataError
+from zoo.errors import ConfigError, DataError
 
 K = 50  # the retriever's exported list (the stage of benchmarks.palr)
 EVAL_BATCH = 16
@@ -100,9 +102,9 @@ def _main(argv: list[str]) -> None:
     args = key_values(
         argv,
         {
-            "steps": 40,
+            "steps": 100,
             "batch": 8,
-            "users": 943,
+            "users": 480,
             "candidates": 20,
             "seed": 42,
             "threads": 1,
@@ -118,7 +120,7 @@ def _main(argv: list[str]) -> None:
     seed, threads = integer(args, "seed"), integer(args, "threads", minimum=1)
     minutes, resamples = integer(args, "sasrec_minutes", minimum=1), integer(args, "bootstrap", minimum=10)
     if shown > K:
-        raise DataError(f"candidates must be <= {K} (the retriever's exported list), got {shown}")
+        raise ConfigError(f"candidates must be <= {K} (the retriever's exported list), got {shown}")
     started = time.time()
     torch.set_num_threads(threads)
     hours, mins = divmod(minutes, 60)
@@ -149,7 +151,10 @@ def _main(argv: list[str]) -> None:
     slice_users, sasrec = sasrec_ranks(candidates, examples, users)
 
     path = common.RESULTS_DIR / f"{args['name']}.json"
+    # the LLM rows re-rank these exact lists: a rebuilt retriever stage (new lists) is refused, not mixed in
+    lists_sha256 = hashlib.sha256(candidates.read_bytes()).hexdigest()
     resume = {"steps": steps, "batch": batch, "users": users, "candidates": shown, "seed": seed}
+    resume["lists_sha256"] = lists_sha256
     stored = resumable_result(path, resume, flag(args, "fresh"))
     rows: dict[str, dict] = dict((stored or {}).get("rows", {}))
     pending: dict[str, str] = dict((stored or {}).get("pending", {}))

@@ -14,7 +14,7 @@ from test_palr import NUM_ITEMS, write_candidates
 
 from benchmarks import common, llm_claims, palr_pretrained
 from zoo.data.candidates import load_candidates
-from zoo.errors import DataError
+from zoo.errors import ConfigError, DataError
 
 USERS = 20
 
@@ -110,5 +110,21 @@ def test_rows_of_other_users_are_refused(fake):
 
 
 def test_more_shown_candidates_than_exported_is_one_error(fake):
-    with pytest.raises(DataError, match="candidates must be <= 50"):
+    with pytest.raises(ConfigError, match="candidates must be <= 50"):
         palr_pretrained._main(["candidates=60", "name=p"])
+
+
+def test_rows_over_other_sasrec_lists_are_refused(fake):
+    """A rebuilt retriever stage exports other lists: the stored rows re-ranked the old ones, so the run stops."""
+    calls, state, lists, _ = fake
+    from zoo.config import compose
+    from zoo.data import SequentialDataModule
+
+    examples = SequentialDataModule(compose("palr_ml100k").data, corpus=cycle_corpus(NUM_ITEMS)).examples("test")
+    state["users"] = examples.user[:USERS]
+    args = ["steps=2", f"users={USERS}", "candidates=5", "name=p", "bootstrap=10", "zero_shot=false"]
+    palr_pretrained._main(args)
+    assert [c["row"] for c in calls] == ["palr"]
+    write_candidates(lists, cycle_corpus(NUM_ITEMS), size=NUM_ITEMS - 1, seed=1)
+    with pytest.raises(ConfigError, match="lists_sha256=.*fresh=true"):
+        palr_pretrained._main(args)
