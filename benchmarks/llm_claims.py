@@ -15,9 +15,17 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import resumable_result
 from benchmarks.loss_swap import top_ranks
 from zoo.config import compose
 from zoo.run import claim_run_dir, run
+
+
+def stored_rows(path: Path, resume: dict, fresh: bool) -> tuple[dict[str, dict], dict[str, str]]:
+    """The finished rows and the pending run directories of an earlier run with the same ``resume`` settings
+    (empty when there is none or ``fresh``; other settings are one ConfigError line, see ``resumable_result``)."""
+    stored = resumable_result(path, resume, fresh) or {}
+    return dict(stored.get("rows", {})), dict(stored.get("pending", {}))
 
 
 def run_row(

@@ -39,10 +39,9 @@ from benchmarks.common import (
     key_values,
     names,
     ndcg_at,
-    resumable_result,
     write_result,
 )
-from benchmarks.llm_claims import run_row
+from benchmarks.llm_claims import run_row, stored_rows
 from benchmarks.loss_swap import full_ranks
 from benchmarks.msl_books import CACHE, PAPER, RECIPES, eval_folder
 from zoo.errors import ConfigError
@@ -80,10 +79,8 @@ def _main(argv: list[str]) -> None:
     plan = (["zero_shot"] if zero_shot else []) + losses
     path = common.RESULTS_DIR / f"{args['name']}.json"
     resume = {"steps": steps, "batch": batch, "eval_rows": eval_rows, "seed": seed}
-    stored = resumable_result(path, resume, flag(args, "fresh"))
-    rows: dict[str, dict] = dict((stored or {}).get("rows", {}))
+    rows, pending = stored_rows(path, resume, flag(args, "fresh"))
     ranks: dict[str, np.ndarray] = {n: full_ranks(r["hits"]) for n, r in rows.items()}
-    pending: dict[str, str] = dict((stored or {}).get("pending", {}))
 
     def write() -> None:
         done = [n for n in plan if n in rows]

@@ -45,10 +45,9 @@ from benchmarks.common import (
     integer,
     key_values,
     ndcg_at,
-    resumable_result,
     write_result,
 )
-from benchmarks.llm_claims import run_row
+from benchmarks.llm_claims import run_row, stored_rows
 from benchmarks.loss_swap import full_ranks, top_ranks
 from benchmarks.palr import CACHE, PAPER, RECIPE, retriever_stage
 from zoo.config import compose
@@ -155,9 +154,7 @@ def _main(argv: list[str]) -> None:
     lists_sha256 = hashlib.sha256(candidates.read_bytes()).hexdigest()
     resume = {"steps": steps, "batch": batch, "users": users, "candidates": shown, "seed": seed}
     resume["lists_sha256"] = lists_sha256
-    stored = resumable_result(path, resume, flag(args, "fresh"))
-    rows: dict[str, dict] = dict((stored or {}).get("rows", {}))
-    pending: dict[str, str] = dict((stored or {}).get("pending", {}))
+    rows, pending = stored_rows(path, resume, flag(args, "fresh"))
     rows["sasrec"] = {"trained": True, "metrics": list_metrics(sasrec), "hits": top_ranks(sasrec), "stage": stage}
     ranks = {n: full_ranks(r["hits"]) for n, r in rows.items()}
     plan = ["sasrec"] + (["zero_shot"] if flag(args, "zero_shot") else []) + ["palr"]
