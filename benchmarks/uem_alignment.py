@@ -10,7 +10,8 @@ most-popular).
 
 Arms: ``cell`` is the leaderboard cell itself (the run directory its result file names; not re-run), ``align``
 adds ``model.align_weight=1``, ``align_slot`` adds ``model.user_slot=true`` to that, ``align_bias`` adds
-``model.user_bias=true`` to it instead. Each trained arm is the cell's
+``model.user_bias=true`` to it instead; ``per_item`` gives the LM one soft prompt per history item (50) instead of
+the 8 resampled queries, ``per_item_align`` adds the alignment term to that. Each trained arm is the cell's
 run (``benchmarks.run.cell_overrides``: the budget's overrides, 12 minutes at 1 thread) with the arm's overrides,
 under ``runs/uem_alignment/<dataset>/<arm>/``. An arm whose directory already holds a finished run
 (``metrics.json``) is read, not trained again, so an interrupted call resumes at arm granularity. The JSON
@@ -36,6 +37,8 @@ ARMS = {
     "align": ["model.align_weight=1.0"],
     "align_slot": ["model.align_weight=1.0", "model.user_slot=true"],
     "align_bias": ["model.align_weight=1.0", "model.user_bias=true"],
+    "per_item": ["model.tokens=per_item"],
+    "per_item_align": ["model.tokens=per_item", "model.align_weight=1.0"],
 }
 BUDGET = "cpu"
 

@@ -36,28 +36,30 @@ from benchmarks.common import cli, integer, key_values, ndcg_at, write_result
 DOC = __doc__
 
 
-def probe(model, batch: dict, permutation: torch.Tensor) -> dict:
-    """The scale / spread / use numbers of the module docstring for one evaluation batch of a UEM model."""
+def probe(model, batch: dict, swapped: dict) -> dict:
+    """The scale / spread / use numbers of the module docstring for one evaluation batch of a UEM model; ``swapped``
+    is the batch of the same users permuted (row i: another user's history and ratings in the same prompt frame)."""
     backbone = model.backbone
     table = backbone.model.get_input_embeddings().weight.detach().float()
     with torch.no_grad():
-        prompts = model.soft_prompts(batch)
-        rows = len(batch["prompt_ids"])
-        per_row = prompts.reshape(rows, -1, prompts.shape[-1]).float()
-        ids, mask = batch["prompt_ids"], batch["prompt_mask"]
-        swapped = _shuffled(prompts, rows, permutation)
-        own, _ = backbone.prefill(ids, mask, prompts)
-        other, _ = backbone.prefill(ids, mask, swapped)
+        tokens, present = model.user_tokens(batch)  # [B, S, d] and which slots hold a soft prompt
+        prompts, others = model.soft_prompts(batch), model.soft_prompts(swapped)
+        own, _ = backbone.prefill(batch["prompt_ids"], batch["prompt_mask"], prompts)
+        other, _ = backbone.prefill(swapped["prompt_ids"], swapped["prompt_mask"], others)
         bias = getattr(model, "logit_bias", None)  # model.user_bias: the first token's logits carry it too
         if bias is not None and bias(batch, prompts) is not None:
-            own, other = own + bias(batch, prompts), other + bias(batch, swapped)
+            own, other = own + bias(batch, prompts), other + bias(swapped, others)
     logp, logq = own.float().log_softmax(-1), other.float().log_softmax(-1)
     kl = (logp.exp() * (logp - logq)).sum(-1)
-    spread = per_row.std(0).norm(dim=-1) / per_row.mean(0).norm(dim=-1).clamp(min=1e-12)
+    tokens, spread = tokens.float(), []
+    for slot in range(tokens.shape[1]):  # per_item: a slot is a history position, absent for short histories
+        rows = tokens[present[:, slot], slot]
+        if len(rows) >= 2:
+            spread.append(float(rows.std(0).norm() / rows.mean(0).norm().clamp(min=1e-12)))
     return {
-        "soft_prompt_rms": round(float(per_row.pow(2).mean().sqrt()), 4),
+        "soft_prompt_rms": round(float(tokens[present].pow(2).mean().sqrt()), 4),
         "token_embedding_rms": round(float(table.pow(2).mean().sqrt()), 4),
-        "spread_per_slot": [round(float(x), 4) for x in spread],
+        "spread_per_slot": [round(x, 4) for x in spread],
         "first_token_kl_shuffled_mean": float(kl.mean()),
         "first_token_kl_shuffled_max": float(kl.max()),
     }
@@ -80,17 +82,15 @@ def measure(run: str | Path, users: int = 64, seed: int = 0) -> dict:
     sample = np.sort(rng.choice(corpus.num_users, size=min(users, corpus.num_users), replace=False))
     histories = [corpus.items[corpus.offsets[u] : corpus.offsets[u + 1] - 1].tolist() for u in sample]
     ids = [int(u) for u in sample]
-    permutation = torch.from_numpy(rng.permutation(len(sample)))
-    stats = probe(model, rec.batch(histories, ids), permutation) if soft else {}
+    permutation = rng.permutation(len(sample))
+    # UEM's prompt frame is the same for every user, so giving row i the permuted user's history (and ratings) is
+    # giving it that user's soft prompts, whatever their number (model.tokens=per_item: one per history item)
+    other_histories, other_ids = [histories[p] for p in permutation], [ids[p] for p in permutation]
+    stats = probe(model, rec.batch(histories, ids), rec.batch(other_histories, other_ids)) if soft else {}
     top, _ = rec.top_k(histories, ids, 10, False)
     top = np.asarray(top)
     if soft:
-        original = model.soft_prompts
-        try:  # the same users with each other's soft prompts
-            model.soft_prompts = lambda batch: _shuffled(original(batch), len(sample), permutation)
-            shuffled, _ = rec.top_k(histories, ids, 10, False)
-        finally:
-            del model.soft_prompts
+        shuffled, _ = rec.top_k(other_histories, other_ids, 10, False)
         changed = float(np.mean([set(a) != set(b) for a, b in zip(top, np.asarray(shuffled))]))
         stats["top10_changed_when_shuffled"] = changed
         if float(rec.cfg.model.get("align_weight", 0) or 0) > 0:
@@ -148,11 +148,6 @@ def alignment_head(rec, corpus, chunk: int = 64) -> dict:
         "most_popular_by_input_counts_test_ndcg@10": round(float(ndcg_at(popular, 10).mean()), 5),
         "alignment_head_users": int(len(users)),
     }
-
-
-def _shuffled(prompts: torch.Tensor, rows: int, permutation: torch.Tensor) -> torch.Tensor:
-    per_row = prompts.reshape(rows, -1, prompts.shape[-1])
-    return per_row[permutation].reshape(-1, prompts.shape[-1])
 
 
 if __name__ == "__main__":

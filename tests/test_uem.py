@@ -337,19 +337,28 @@ def test_the_genre_benchmark_re_predicts_the_test_users_of_the_run(tmp_path, his
     assert float(f1.mean()) == pytest.approx(metrics["test/f1"], abs=1e-6)
 
 
-def test_the_probe_sees_whether_the_lm_reads_the_soft_prompts():
+def permuted(batch: dict, order: torch.Tensor) -> dict:
+    """The batch with its rows (users) in ``order``."""
+    rows = len(batch["prompt_ids"])
+    return {k: v[order] if torch.is_tensor(v) and v.dim() and len(v) == rows else v for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("tokens", ["queries", "per_item"])
+def test_the_probe_sees_whether_the_lm_reads_the_soft_prompts(tokens):
     from benchmarks.uem_probe import probe
 
     torch.manual_seed(0)
-    model, datamodule = build_on("uem_ml100k", [*TINY, *SHRINK])
+    model, datamodule = build_on("uem_ml100k", [*TINY, *SHRINK, f"model.tokens={tokens}"])
     model.eval()
     batch = first(datamodule, "test")
     rows = len(batch["prompt_ids"])
-    same = probe(model, batch, torch.arange(rows))
+    same = probe(model, batch, permuted(batch, torch.arange(rows)))
     assert same["first_token_kl_shuffled_max"] == pytest.approx(0.0, abs=1e-9)
-    assert len(same["spread_per_slot"]) == 4
+    # per_item: a slot per history position that at least two users fill
+    slots = 4 if tokens == "queries" else int(((batch["history"] > 0).sum(0) >= 2).sum())
+    assert len(same["spread_per_slot"]) == slots
     assert same["soft_prompt_rms"] == pytest.approx(float(model.user_module.gain), rel=1e-3)
-    moved = probe(model, batch, torch.roll(torch.arange(rows), 1))
+    moved = probe(model, batch, permuted(batch, torch.roll(torch.arange(rows), 1)))
     assert moved["first_token_kl_shuffled_mean"] > 1e-6  # a fresh LM reads its soft prompts
 
 
