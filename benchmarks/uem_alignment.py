@@ -113,7 +113,7 @@ def _main(argv: list[str]) -> None:
             found.setdefault(dataset, {})[arm] = arm_record(arm, run_dir)
             print(dataset, arm, found[dataset][arm]["test"].get("test/ndcg@10"), flush=True)
             payload = {
-                "what": "UEM task 1 at the cpu budget with and without the title-alignment term and the user slot",
+                "what": "UEM task 1 at the cpu budget: the cell, the zoo's additions, per-item prompts",
                 "budget": BUDGET,
                 "arms": {a: ARMS[a] or "the leaderboard cell" for a in ARMS},
                 "datasets": found,
