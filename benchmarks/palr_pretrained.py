@@ -151,9 +151,14 @@ def _main(argv: list[str]) -> None:
 
     path = common.RESULTS_DIR / f"{args['name']}.json"
     # the LLM rows re-rank these exact lists: a rebuilt retriever stage (new lists) is refused, not mixed in
-    lists_sha256 = hashlib.sha256(candidates.read_bytes()).hexdigest()
-    resume = {"steps": steps, "batch": batch, "users": users, "candidates": shown, "seed": seed}
-    resume["lists_sha256"] = lists_sha256
+    resume = {
+        "steps": steps,
+        "batch": batch,
+        "users": users,
+        "candidates": shown,
+        "seed": seed,
+        "lists_sha256": hashlib.sha256(candidates.read_bytes()).hexdigest(),
+    }
     rows, pending = stored_rows(path, resume, flag(args, "fresh"))
     rows["sasrec"] = {"trained": True, "metrics": list_metrics(sasrec), "hits": top_ranks(sasrec), "stage": stage}
     ranks = {n: full_ranks(r["hits"]) for n, r in rows.items()}
