@@ -39,6 +39,9 @@ ARMS = {
     "align_bias": ["model.align_weight=1.0", "model.user_bias=true"],
     "per_item": ["model.tokens=per_item"],
     "per_item_align": ["model.tokens=per_item", "model.align_weight=1.0"],
+    "per_item_align_msl": ["model.tokens=per_item", "model.align_weight=1.0", "loss.name=msl"],
+    "per_item_align_ats": ["model.tokens=per_item", "model.align_weight=1.0", "loss.name=msl_ats"],
+    "per_item_align_36min": ["model.tokens=per_item", "model.align_weight=1.0", "trainer.max_time=00:00:36:00"],
 }
 BUDGET = "cpu"
 

@@ -11,7 +11,10 @@ the ranking protocol are never read. A no-learning reference is reported too: th
 the input history (j = 1, 2, 3) on the same test users.
 
     python -m benchmarks.uem_genres [epochs=3 | minutes=M [patience=5]] [history=200] [max_prompt_tokens=512]
-        [threads=1] [seed=42] [resamples=2000] [name=uem_genres]
+        [tokens=queries] [threads=1] [seed=42] [resamples=2000] [name=uem_genres]
+
+``tokens=`` is UEM's ``model.tokens``: ``queries`` (the recipe's K resampled soft prompts) or ``per_item`` (one
+soft prompt per history item, so the LM attends to each item's vector).
 
 ``epochs=`` gives both arms the same epochs (equal examples seen); ``minutes=`` gives both the same training wall
 time instead (equal compute at the same thread count: the cheaper arm sees more examples), validation F1 picking
@@ -32,6 +35,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import cli, integer, key_values, write_result
+from zoo.errors import ConfigError
 
 DOC = __doc__
 KEYS = ("f1", "micro_f1", "macro_f1", "precision", "recall", "exact_match", "pred_size")
@@ -93,6 +97,7 @@ def body(argv: list[str]) -> None:
             "patience": "5",
             "history": "200",
             "max_prompt_tokens": "512",
+            "tokens": "queries",
             "threads": "1",
             "seed": "42",
             "resamples": "2000",
@@ -105,6 +110,8 @@ def body(argv: list[str]) -> None:
     minutes, patience = integer(settings, "minutes", 0), integer(settings, "patience", 0)
     max_prompt, seed = integer(settings, "max_prompt_tokens", 16), integer(settings, "seed")
     resamples = integer(settings, "resamples", 100)
+    if settings["tokens"] not in ("queries", "per_item"):
+        raise ConfigError(f"tokens must be queries or per_item, got '{settings['tokens']}'")
     if minutes:  # equal wall time at the same threads: each arm trains as many epochs as its minutes allow
         budget = [
             f"trainer.max_time=00:{minutes // 60:02d}:{minutes % 60:02d}:00",
@@ -127,6 +134,8 @@ def body(argv: list[str]) -> None:
                 f"model.max_prompt_tokens={max_prompt}",
                 f"seed={seed}",
             ]
+            if arm == "soft":
+                common.append(f"model.tokens={settings['tokens']}")
             run_dir = Path(root) / arm
             overrides = [*common, *budget, "trainer.enable_progress_bar=false", f"run_dir={run_dir}"]
             t0 = time.time()
@@ -161,6 +170,7 @@ def body(argv: list[str]) -> None:
                 "epochs": None if minutes else epochs,
                 "minutes": minutes or None,
                 "history_items": history,
+                "uem_tokens": settings["tokens"],
                 "text_max_prompt_tokens": max_prompt,
                 "batch": 16,
                 "threads": threads,

@@ -33,10 +33,16 @@ class PrefixScorer:
             self.prefix_hash = self._hash(self.prefix_hash[rows, parents], tokens)
         return self.table[rows, self.prefix_hash]
 
-    def sequence_logprob(self, b: int, seq: list[int]) -> float:
+    def sequence_logprob(self, b: int, seq: list[int], allowed=None) -> float:
+        """Log-probability of ``seq``; with ``allowed(prefix) -> tokens``, each step's softmax over those only."""
         h, total = torch.tensor(0), 0.0
-        for tok in seq:
-            total += torch.log_softmax(self.table[b, h], -1)[tok].item()
+        for t, tok in enumerate(seq):
+            logits = self.table[b, h]
+            if allowed is not None:
+                keep = torch.full_like(logits, float("-inf"))
+                keep[list(allowed(tuple(seq[:t])))] = 0.0
+                logits = logits + keep
+            total += torch.log_softmax(logits, -1)[tok].item()
             h = self._hash(h, torch.tensor(tok))
         return total
 
@@ -53,6 +59,34 @@ def random_trie(num_items: int, depth: int, vocab: int, seed: int) -> tuple[Item
 def exhaustive_ranking(scorer: PrefixScorer, b: int, seqs: list[list[int]]) -> list[tuple[float, int]]:
     scored = [(scorer.sequence_logprob(b, s), item) for item, s in enumerate(seqs, start=1)]
     return sorted(scored, key=lambda x: -x[0])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_renormalised_wide_beam_equals_enumeration_over_the_allowed_tokens(seed):
+    """``renormalize=True``: each step's softmax runs over the trie's allowed tokens only, so the scores of all items
+    are a distribution (they sum to 1), a token with no alternative costs nothing, and the ranking is that of the
+    brute-force masked enumeration -- which differs from the full-vocabulary one."""
+    seqs = [[0, 1, 2], [0, 1, 3], [0, 4, 2], [1, 2, 2], [3, 3, 3], [3, 3, 0], [4, 0, 1]]
+    trie = ItemTrie(seqs, vocab_size=5)
+
+    def allowed(prefix):
+        return {s[len(prefix)] for s in seqs if tuple(s[: len(prefix)]) == prefix}
+
+    scorer = PrefixScorer(batch=3, vocab=5, seed=seed)
+    result = beam_search(scorer, trie, batch_size=3, num_beams=len(seqs), renormalize=True)
+    plain = beam_search(PrefixScorer(batch=3, vocab=5, seed=seed), trie, batch_size=3, num_beams=len(seqs))
+    for b in range(3):
+        expected = sorted(
+            ((scorer.sequence_logprob(b, s, allowed), item) for item, s in enumerate(seqs, start=1)),
+            key=lambda x: -x[0],
+        )
+        assert result.items[b].tolist() == [item for _, item in expected]
+        assert torch.allclose(result.scores[b], torch.tensor([s for s, _ in expected]), atol=1e-5)
+        assert torch.isclose(result.scores[b].exp().sum(), torch.tensor(1.0), atol=1e-5)
+        renormed = dict(zip(result.items[b].tolist(), result.scores[b].tolist()))
+        full = dict(zip(plain.items[b].tolist(), plain.scores[b].tolist()))
+        assert all(renormed[i] >= full[i] - 1e-6 for i in full)  # renormalising can only raise an item's score
+    assert any(result.items[b].tolist() != plain.items[b].tolist() for b in range(3))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

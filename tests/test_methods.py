@@ -15,6 +15,7 @@ from conftest import SHARED_DATASETS, SHRINK
 from zoo.config import RECIPES_DIR, compose, load_recipe, recipe_names
 from zoo.registry import MODELS, populate
 from zoo.run import run
+from zoo.tasks import task_of
 
 populate()
 
@@ -40,3 +41,30 @@ def test_every_method_runs_end_to_end(model_name, run_root):
     (run_dir,) = list(run_root.glob(f"{recipe}/*"))
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["name"] == model_name
     assert (run_dir / "metrics.json").is_file()
+
+
+GENERATIVE = [n for n in MODELS.names() if task_of(MODELS.get(n)).name == "generative"]
+
+
+@pytest.mark.parametrize("model_name", GENERATIVE)
+def test_every_generative_method_renormalises_its_beams_when_asked(model_name, run_root, monkeypatch):
+    """``eval.renormalize=true`` reaches every constrained beam-search step of validation and test (scores over the
+    trie's allowed tokens, ``zoo.modules.beam_search``); the metrics stay finite."""
+    from zoo.modules import beam_search
+
+    seen: list[bool] = []
+    step = beam_search._constrained_step
+
+    def spy(*args):
+        seen.append(bool(args[7]))
+        return step(*args)
+
+    monkeypatch.setattr(beam_search, "_constrained_step", spy)
+    recipe = recipe_for(model_name)
+    data_name = load_recipe(recipe).get("data", {}).get("name", "ml100k")
+    if data_name not in ("ml100k", "atomic") and not SHARED_DATASETS.is_dir():
+        pytest.skip(f"{recipe} needs {data_name} data")
+    extra = ["trainer.limit_train_batches=1", "eval.renormalize=true", f"run_root={run_root}"]
+    metrics = run(compose(recipe, [*SHRINK, *extra, *getattr(MODELS.get(model_name), "test_overrides", ())]))
+    assert seen and all(seen), f"{model_name}: {len(seen)} beam steps, renormalised: {sum(seen)}"
+    assert all(math.isfinite(v) for v in metrics.values())

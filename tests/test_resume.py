@@ -238,3 +238,16 @@ def test_evaluate_only_resume_returns_the_saved_metrics(finished, one_thread):
 
     metrics = run(compose_resume(str(finished), None, ["train=false"]))
     assert _test_keys(metrics) == _test_keys(metrics_of(finished))
+
+
+def test_evaluate_only_resume_may_change_evaluation_settings_only(finished, capsys):
+    """``train=false`` may evaluate with other ``eval.*`` settings (here other cut-offs) and leaves the run as it is;
+    a training resume may not change them."""
+    before = snapshot(finished)
+    code, out, err = cli([f"resume={finished}", "train=false", "eval.ks=[3,10]"], capsys)
+    assert code == 0, err
+    printed = {line.split()[0] for line in out.splitlines() if line.startswith("test/")}
+    assert "test/ndcg@3" in printed and "test/ndcg@3" not in metrics_of(finished)
+    code, _, err = cli([f"resume={finished}", "eval.ks=[3,10]"], capsys)
+    assert code == 2 and "eval.ks" in err and err.count("\n") == 1, err
+    assert snapshot(finished) == before

@@ -88,6 +88,9 @@ class EvalConfig:
     mask_seen: bool = False  # off, as in the S3-Rec / P5 / TIGER protocol
     item_chunk_size: int = 0  # score items in chunks of this size (0 = all at once)
     num_beams: int = 20  # generative methods
+    # generative methods: beam scores renormalised over the tokens the item trie allows at each step (the item's
+    # probability among real items, as MSL trains it) instead of the full vocabulary's log-softmax
+    renormalize: bool = False
     save_ranks: bool = False  # write each test example's user, target and rank to <run_dir>/test_ranks.npz
 
 

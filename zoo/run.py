@@ -3,7 +3,8 @@ directory ``<run_root>/<recipe>/<timestamp>/`` with config.yaml, metrics.json, c
 
 ``python -m zoo.run resume=RUN_DIR [trainer.max_epochs=N ...]`` continues a run from its ``last.ckpt`` with the
 config of its ``config.yaml`` (see ``compose_resume``); ``train=false`` evaluates its ``best.ckpt`` (or the
-``.ckpt`` named by ``resume=``) and prints its metrics; a missing or corrupt checkpoint exits 1 with one line.
+``.ckpt`` named by ``resume=``) and prints its metrics, with other ``eval.*`` settings if given (e.g.
+``eval.renormalize=true``); a missing or corrupt checkpoint exits 1 with one line.
 
 ``python -m zoo.run recipe=NAME [key=value ...] --print-config`` prints the fully resolved config (the family's
 defaults applied: monitor, lengths) and runs nothing; with ``resume=RUN_DIR`` it prints the run's config.
@@ -195,7 +196,10 @@ def check_resume_config(cfg: DictConfig, run_dir: Path) -> None:
         apply_defaults(mine, task_of(model_cls))
     if mine.data.candidates_path is None:  # filled by the build of a re-ranker
         mine.data.candidates_path = saved.data.candidates_path
-    _refuse_differences(cfg.resume, config_differences(mine, saved))
+    diffs = config_differences(mine, saved)
+    if not cfg.train:  # evaluating a saved run may use other evaluation settings (ks, beams, beam scoring)
+        diffs = [d for d in diffs if not d[0].startswith("eval.")]
+    _refuse_differences(cfg.resume, diffs)
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:

@@ -164,6 +164,7 @@ class LLMRec(RecModel):
             num_beams=k,
             candidates=candidates,
             sequences=self.titles.sequences,
+            renormalize=bool(self.cfg.eval.renormalize),
             **self.decoding_inputs(batch),
         )
 

@@ -475,10 +475,15 @@ class P5(RecModel):
         if self.arch == "causal":
             return self._causal_rank(enc, k, candidates)
         step = self.step_decoder(enc)
+        renorm = bool(self.cfg.eval.renormalize)
         if candidates is None:
             beams = max(k, int(self.cfg.eval.num_beams))
-            return beam_search(step, self.trie, len(enc["input_ids"]), beams, pad_token=self.pad_id).items[:, :k]
-        return candidate_beam_search(step, self.sequences, candidates, self.vocab_size, k, pad_token=self.pad_id).items
+            return beam_search(
+                step, self.trie, len(enc["input_ids"]), beams, pad_token=self.pad_id, renormalize=renorm
+            ).items[:, :k]
+        return candidate_beam_search(
+            step, self.sequences, candidates, self.vocab_size, k, pad_token=self.pad_id, renormalize=renorm
+        ).items
 
     # -- decoder-only -----------------------------------------------------------------------------------------
     def _causal_loss(self, enc: dict) -> torch.Tensor:
@@ -509,6 +514,7 @@ class P5(RecModel):
             num_beams=beams,
             candidates=candidates,
             sequences=self.sequences,
+            renormalize=bool(self.cfg.eval.renormalize),
         )
         return items[:, :k]
 

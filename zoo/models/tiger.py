@@ -252,7 +252,17 @@ class Tiger(RecModel):
         for rows in groups:
             width = int(mask[rows].sum(1).max())
             step = T5StepDecoder(self.t5, batch["input_ids"][rows, :width], mask[rows, :width])
-            results.append(beam_search(step, self.trie, len(rows), num_beams, constrained=constrained, pad_token=PAD))
+            results.append(
+                beam_search(
+                    step,
+                    self.trie,
+                    len(rows),
+                    num_beams,
+                    constrained=constrained,
+                    pad_token=PAD,
+                    renormalize=bool(self.cfg.eval.renormalize) and constrained,
+                )
+            )
         back = torch.argsort(torch.cat(groups))
         width = max(r.tokens.shape[2] for r in results)
         tokens = [torch.nn.functional.pad(r.tokens, (0, width - r.tokens.shape[2]), value=PAD) for r in results]
@@ -272,7 +282,15 @@ class Tiger(RecModel):
             result = self.decode(batch, max(k, self.cfg.eval.num_beams))
             return result.items[:, :k], result.scores[:, :k]
         step = T5StepDecoder(self.t5, batch["input_ids"], batch["attention_mask"])
-        result = candidate_beam_search(step, self.item_tokens.tolist(), candidates, self.vocab_size, k, pad_token=PAD)
+        result = candidate_beam_search(
+            step,
+            self.item_tokens.tolist(),
+            candidates,
+            self.vocab_size,
+            k,
+            pad_token=PAD,
+            renormalize=bool(self.cfg.eval.renormalize),
+        )
         return result.items, result.scores
 
     def on_test_epoch_end(self) -> None:

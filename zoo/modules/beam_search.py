@@ -12,7 +12,10 @@ encoder output and cache across steps. Beams are dense [B, W]; slots with no can
 than W items below the root) carry score -inf and decode to item 0.
 
 Scores are sums of log-softmax over the full vocabulary (not renormalised over the allowed tokens), i.e. the
-model's joint probability of each complete item sequence. Sequences of different lengths are fine as long as
+model's joint probability of each complete item sequence. With ``renormalize=True`` (constrained only) each step's
+log-probabilities are renormalised over the tokens the trie allows there, so a score is the probability of the item
+under the model restricted to real items: a token with no alternative costs nothing, and the ranking is the one
+MSL trains (at temperature 1). Sequences of different lengths are fine as long as
 no item's sequence is a prefix of another's (end titles with EOS): a beam that reaches a leaf is finished and
 carried forward with its score unchanged while the others grow.
 """
@@ -53,6 +56,14 @@ def segment_topk(groups: torch.Tensor, scores: torch.Tensor, num_groups: int, k:
     return out
 
 
+def group_logsumexp(groups: torch.Tensor, values: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """logsumexp of ``values`` within each group id ([num_groups]; -inf for a group with no value)."""
+    top = values.new_full((num_groups,), float("-inf")).scatter_reduce(0, groups, values, "amax")
+    shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    total = values.new_zeros(num_groups).index_add_(0, groups, torch.exp(values - shift[groups]))
+    return torch.log(total) + shift
+
+
 def beam_search(
     step: StepFn,
     trie: ItemTrie,
@@ -62,6 +73,7 @@ def beam_search(
     constrained: bool = True,
     max_steps: int | None = None,
     pad_token: int = 0,
+    renormalize: bool = False,
 ) -> BeamSearchResult:
     """Decode ``num_beams`` item sequences per batch element, best first.
 
@@ -84,7 +96,9 @@ def beam_search(
         logp = torch.log_softmax(step(parents, last).float(), dim=-1)  # [B, W, V]
         width = nodes.shape[1]
         if constrained:
-            parents, last, nodes, scores = _constrained_step(trie, logp, nodes, scores, finished, num_beams, pad_token)
+            parents, last, nodes, scores = _constrained_step(
+                trie, logp, nodes, scores, finished, num_beams, pad_token, renormalize
+            )
         else:
             vocab = logp.shape[-1]
             flat = (scores[..., None] + logp).reshape(batch_size, width * vocab)
@@ -112,14 +126,18 @@ def _constrained_step(
     finished: torch.Tensor,
     num_beams: int,
     pad_token: int,
+    renormalize: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Expand every live beam along its trie children (finished beams carry over unchanged) and keep the
-    ``num_beams`` best candidates of each batch element."""
+    ``num_beams`` best candidates of each batch element (``renormalize``: log-probabilities over the children)."""
     batch_size, width, _ = logp.shape
     flat_nodes = nodes.reshape(-1)
     live = torch.where(finished.reshape(-1), torch.full_like(flat_nodes, -1), flat_nodes)
     rows, child_tokens, children = trie.children(live)
-    cand_score = scores.reshape(-1)[rows] + logp.reshape(batch_size * width, -1)[rows, child_tokens]
+    child_logp = logp.reshape(batch_size * width, -1)[rows, child_tokens]
+    if renormalize and len(rows):
+        child_logp = child_logp - group_logsumexp(rows, child_logp, batch_size * width)[rows]
+    cand_score = scores.reshape(-1)[rows] + child_logp
     done_rows = torch.nonzero(finished.reshape(-1)).flatten()
     rows = torch.cat([rows, done_rows])
     cand_token = torch.cat([child_tokens, torch.full_like(done_rows, pad_token)])
@@ -177,12 +195,14 @@ def candidate_beam_search(
     vocab_size: int,
     num_beams: int,
     pad_token: int = 0,
+    renormalize: bool = False,
 ) -> BeamSearchResult:
     """Beam search restricted to each row's candidate items (``candidates`` [B, K] item ids, 0 = none):
-    ``sequences[i]`` is the token sequence of item ``i`` (index 0 unused)."""
+    ``sequences[i]`` is the token sequence of item ``i`` (index 0 unused); ``renormalize`` over the allowed
+    tokens, i.e. over the row's candidates, as in :func:`beam_search`."""
     from zoo.modules.trie import candidate_trie
 
     trie = candidate_trie(sequences, candidates, vocab_size).to(candidates.device)
     scorer = RowPrefixScorer(step, vocab_size, len(candidates), candidates.device)
-    result = beam_search(scorer, trie, len(candidates), num_beams, pad_token=pad_token)
+    result = beam_search(scorer, trie, len(candidates), num_beams, pad_token=pad_token, renormalize=renormalize)
     return BeamSearchResult(result.items, result.scores, result.tokens[:, :, 1:])

@@ -378,18 +378,27 @@ def generate_items(
     sequences=None,
     vectors: torch.Tensor | None = None,
     logit_bias: torch.Tensor | None = None,
+    renormalize: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ranked item ids [B, num_beams] (0 = fewer items found) and their log-probabilities, decoded after each
     left-padded prompt by beam search constrained to ``trie`` (``zoo.modules.beam_search``), or, with
     ``candidates`` ([B, K] item ids), to each row's candidates (``sequences[i]`` = item i's tokens).
     ``vectors`` fill the prompts' :data:`INJECT` positions (soft prompts, prefixes); ``logit_bias`` ([B, V]) is
-    added to every decoding step's logits of its row."""
+    added to every decoding step's logits of its row; ``renormalize``: scores over the allowed tokens only."""
     scorer = KVCacheScorer(backbone, input_ids, attention_mask, vectors, logit_bias)
     if candidates is not None:
         result = candidate_beam_search(
-            scorer, sequences, candidates.to(input_ids.device), backbone.vocab_size, num_beams, backbone.pad_token_id
+            scorer,
+            sequences,
+            candidates.to(input_ids.device),
+            backbone.vocab_size,
+            num_beams,
+            backbone.pad_token_id,
+            renormalize=renormalize,
         )
         return result.items, result.scores
     trie.to(input_ids.device)
-    result = beam_search(scorer, trie, len(input_ids), num_beams, pad_token=backbone.pad_token_id)
+    result = beam_search(
+        scorer, trie, len(input_ids), num_beams, pad_token=backbone.pad_token_id, renormalize=renormalize
+    )
     return result.items, result.scores
