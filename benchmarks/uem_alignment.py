@@ -11,7 +11,11 @@ most-popular).
 Arms: ``cell`` is the leaderboard cell itself (the run directory its result file names; not re-run), ``align``
 adds ``model.align_weight=1``, ``align_slot`` adds ``model.user_slot=true`` to that, ``align_bias`` adds
 ``model.user_bias=true`` to it instead; ``per_item`` gives the LM one soft prompt per history item (50) instead of
-the 8 resampled queries, ``per_item_align`` adds the alignment term to that. Each trained arm is the cell's
+the 8 resampled queries, ``per_item_align`` adds the alignment term to that. ``per_item_align_msl`` and
+``per_item_align_ats`` train that with MSL / MSL + ATS instead of LML, ``per_item_align_36min`` for 36 minutes
+instead of 12, and ``per_item_align_cosine`` / ``per_item_align_cosine_lr3e-3`` with a cosine learning rate (100
+warm-up steps, 0 at step 1,700) from 1e-3 / 3e-3 instead of the constant 1e-3 (their last checkpoint is tested too:
+validation runs every 302 steps, so it does not see the end of the decay). Each trained arm is the cell's
 run (``benchmarks.run.cell_overrides``: the budget's overrides, 12 minutes at 1 thread) with the arm's overrides,
 under ``runs/uem_alignment/<dataset>/<arm>/``. An arm whose directory already holds a finished run
 (``metrics.json``) is read, not trained again, so an interrupted call resumes at arm granularity. The JSON
@@ -32,6 +36,15 @@ from benchmarks.common import cli, key_values, names, write_result
 from zoo.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# per_item_align with a learning rate that warms up for 100 steps and decays to 0 at step 1,700 (what fits in the
+# cell's 12 minutes beside a second job), instead of the recipe's constant rate
+COSINE = [
+    "model.tokens=per_item",
+    "model.align_weight=1.0",
+    "optim.scheduler=cosine",
+    "optim.warmup_steps=100",
+    "trainer.max_steps=1700",
+]
 ARMS = {
     "cell": None,
     "align": ["model.align_weight=1.0"],
@@ -42,6 +55,8 @@ ARMS = {
     "per_item_align_msl": ["model.tokens=per_item", "model.align_weight=1.0", "loss.name=msl"],
     "per_item_align_ats": ["model.tokens=per_item", "model.align_weight=1.0", "loss.name=msl_ats"],
     "per_item_align_36min": ["model.tokens=per_item", "model.align_weight=1.0", "trainer.max_time=00:00:36:00"],
+    "per_item_align_cosine": [*COSINE, "optim.lr=0.001"],
+    "per_item_align_cosine_lr3e-3": [*COSINE, "optim.lr=0.003"],
 }
 BUDGET = "cpu"
 
@@ -89,7 +104,22 @@ def arm_record(arm: str, run_dir: Path) -> dict:
         "training": epochs_run(run_dir),
         "wall_s": metrics.get("time/total_s"),  # zoo.run's: training and test
         "probe": {k: v for k, v in measure(run_dir).items() if k not in ("run", "recipe", "model")},
+        **({"last_checkpoint_test": last_checkpoint_test(run_dir)} if stops_at_a_step(arm) else {}),
     }
+
+
+def stops_at_a_step(arm: str) -> bool:
+    """Whether the arm trains to a step count (a schedule that ends there) rather than to the time cap."""
+    return any(o.startswith("trainer.max_steps=") for o in ARMS[arm] or [])
+
+
+def last_checkpoint_test(run_dir: Path) -> dict:
+    """The test metrics of the run's last checkpoint (the end of its schedule, which validation may not have seen:
+    it runs every epoch of 302 steps)."""
+    from zoo.run import compose_resume, run
+
+    metrics = run(compose_resume(str(run_dir / "checkpoints" / "last.ckpt"), None, ["train=false"]))
+    return {k: round(float(v), 5) for k, v in metrics.items() if k.startswith("test/") and "@" in k}
 
 
 def _main(argv: list[str]) -> None:

@@ -267,9 +267,10 @@ def test_genre_batches_hold_only_input_items_and_users_are_split():
             assert not (batch["history"] == leak).any()
 
 
-@pytest.mark.parametrize("history", ["soft", "text"])
-def test_genre_predictions_are_distinct_genre_sets(history):
-    model, datamodule = build_on("uem_genres_ml100k", [*GENRES, f"model.history={history}", "model.max_genres=2"])
+@pytest.mark.parametrize(("history", "tokens"), [("soft", "queries"), ("soft", "per_item"), ("text", "queries")])
+def test_genre_predictions_are_distinct_genre_sets(history, tokens):
+    over = [*GENRES, f"model.history={history}", f"model.tokens={tokens}", "model.max_genres=2"]
+    model, datamodule = build_on("uem_genres_ml100k", over)
     model.eval()
     batch = first(datamodule, "test")
     preds = model.predict_labels(batch)
@@ -278,8 +279,10 @@ def test_genre_predictions_are_distinct_genre_sets(history):
     if history == "text":  # the text baseline writes the history into the prompt, within max_prompt_tokens
         assert (batch["prompt_mask"].sum(1) <= 128).all() and not (batch["prompt_ids"] == INJECT).any()
         assert not hasattr(model, "user_module")
-    else:
+    elif tokens == "queries":
         assert ((batch["prompt_ids"] == INJECT).sum(1) == 4).all()
+    else:  # one soft prompt per history item (benchmarks.uem_genres tokens=per_item)
+        assert ((batch["prompt_ids"] == INJECT).sum(1) == (batch["history"] > 0).sum(1)).all()
 
 
 def test_the_genre_response_is_what_the_decoder_can_emit():

@@ -25,6 +25,7 @@ def fake(monkeypatch, tmp_path):
     (tmp_path / "results").mkdir()
     monkeypatch.setattr(uem_alignment, "REPO_ROOT", tmp_path)
     monkeypatch.setattr(uem_probe, "measure", lambda run_dir: {"run": str(run_dir), "distinct_top1": 3})
+    monkeypatch.setattr(uem_alignment, "last_checkpoint_test", lambda run_dir: {"test/ndcg@10": 0.05})
 
     def train_arm(dataset, arm, run_root):
         trained.append((dataset, arm))
@@ -50,6 +51,10 @@ def test_arms_train_once_and_a_finished_run_is_read(fake):
     assert result["per_item_align"]["overrides"] == ["model.tokens=per_item", "model.align_weight=1.0"]
     assert result["align"]["overrides"] == ["model.align_weight=1.0"] and result["cell"]["probe"]["distinct_top1"] == 3
     assert "run" not in result["cell"]["probe"]
+    # the arms that train to a step count (a schedule ending there) also test their last checkpoint
+    stepped = {a for a, r in result.items() if "last_checkpoint_test" in r}
+    assert stepped == {"per_item_align_cosine", "per_item_align_cosine_lr3e-3"}
+    assert result["per_item_align_cosine"]["last_checkpoint_test"] == {"test/ndcg@10": 0.05}
     trained.clear()
     uem_alignment._main(["datasets=ml100k", "name=u"])
     assert trained == []
