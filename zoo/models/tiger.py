@@ -260,7 +260,7 @@ class Tiger(RecModel):
                     num_beams,
                     constrained=constrained,
                     pad_token=PAD,
-                    renormalize=bool(self.cfg.eval.renormalize) and constrained,
+                    renormalize=bool(self.cfg.eval.renormalize),  # beam_search: constrained steps only
                 )
             )
         back = torch.argsort(torch.cat(groups))
