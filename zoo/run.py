@@ -144,7 +144,8 @@ def _refuse_differences(resume: str, diffs: list) -> None:
         more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
         raise ConfigError(
             f"resume={resume}: {key}={new} does not match the run's config.yaml ({key}={old}){more}; a resume "
-            f"takes the run's config and may change only {', '.join(k.rstrip('.') for k in RESUME_MAY_CHANGE)}"
+            f"takes the run's config and may change only {', '.join(k.rstrip('.') for k in RESUME_MAY_CHANGE)} "
+            "(and eval.* with train=false)"
         )
 
 
