@@ -26,11 +26,7 @@ from zoo.errors import ConfigError
 
 def evaluate(run_dir: Path, renormalize: bool) -> dict:
     """The test metrics of ``run_dir``'s best checkpoint with ``eval.renormalize`` set."""
-    from zoo.run import compose_resume, run
-
-    overrides = ["train=false", f"eval.renormalize={str(renormalize).lower()}", "trainer.enable_progress_bar=false"]
-    metrics = run(compose_resume(str(run_dir), None, overrides))
-    return {k: round(float(v), 5) for k, v in sorted(metrics.items()) if k.startswith("test/") and "@" in k}
+    return common.retest(run_dir, [f"eval.renormalize={str(renormalize).lower()}"])
 
 
 def run_record(run_dir: Path) -> dict:

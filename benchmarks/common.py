@@ -229,6 +229,20 @@ def cli(body: Callable[[list[str]], object], doc: str, argv: list[str] | None = 
     return 0
 
 
+def cutoff_metrics(metrics: dict) -> dict:
+    """A run's test metrics at a cut-off (``test/ndcg@10``, ...), rounded to 5 decimals."""
+    return {k: round(float(v), 5) for k, v in sorted(metrics.items()) if k.startswith("test/") and "@" in k}
+
+
+def retest(target: Path, overrides: Sequence[str] = ()) -> dict:
+    """``cutoff_metrics`` of a finished ``zoo.run`` run tested again (``train=false``): ``target`` is its directory
+    (its best checkpoint) or a ``.ckpt`` of it; ``overrides`` may change ``eval.*``. The run is not rewritten."""
+    from zoo.run import compose_resume, run
+
+    settings = ["train=false", "trainer.enable_progress_bar=false", *overrides]
+    return cutoff_metrics(run(compose_resume(str(target), None, settings)))
+
+
 def ndcg_at(ranks: np.ndarray, k: int) -> np.ndarray:
     """Per-row NDCG@k of one target from its 0-based rank (a rank >= k, or -1 for not ranked, scores 0)."""
     ranks = np.asarray(ranks)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import resumable_result
+from benchmarks.common import cutoff_metrics, resumable_result
 from benchmarks.loss_swap import top_ranks
 from zoo.config import compose
 from zoo.run import claim_run_dir, run
@@ -60,7 +60,7 @@ def run_row(
         "recipe": recipe,
         "trained": trained,
         "loss": dict(cfg.loss) if trained else None,
-        "metrics": {k: round(v, 5) for k, v in metrics.items() if k.startswith("test/") and "@" in k},
+        "metrics": cutoff_metrics(metrics),
         "wall_s": round(time.time() - tick, 1),
         "resumed_after_training": again,
         "torch_threads": threads,

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import cli, integer, key_values, names, write_result
+from benchmarks.common import cli, cutoff_metrics, integer, key_values, names, write_result
 from zoo.build import build
 from zoo.config import compose
 from zoo.errors import ConfigError
@@ -165,7 +165,7 @@ def _main(argv: list[str]) -> None:
         results[name] = {
             "recipe": RECIPES[name],
             "loss": dict(cfg.loss),
-            "metrics": {k: round(v, 5) for k, v in metrics.items() if k.startswith("test/") and "@" in k},
+            "metrics": cutoff_metrics(metrics),
             "run_wall_s": round(time.time() - run_started, 1),
             "run_dir": str(run_dir),
             **train_curve(run_dir),

@@ -99,7 +99,7 @@ def arm_record(arm: str, run_dir: Path) -> dict:
     return {
         "overrides": ARMS[arm] or [],
         "run_dir": str(run_dir),
-        "test": {k: round(float(v), 5) for k, v in metrics.items() if k.startswith("test/") and "@" in k},
+        "test": common.cutoff_metrics(metrics),
         "best_val_ndcg@10": metrics.get("best/val/ndcg@10"),
         "training": epochs_run(run_dir),
         "wall_s": metrics.get("time/total_s"),  # zoo.run's: training and test
@@ -116,10 +116,7 @@ def stops_at_a_step(arm: str) -> bool:
 def last_checkpoint_test(run_dir: Path) -> dict:
     """The test metrics of the run's last checkpoint (the end of its schedule, which validation may not have seen:
     it runs every epoch of 302 steps)."""
-    from zoo.run import compose_resume, run
-
-    metrics = run(compose_resume(str(run_dir / "checkpoints" / "last.ckpt"), None, ["train=false"]))
-    return {k: round(float(v), 5) for k, v in metrics.items() if k.startswith("test/") and "@" in k}
+    return common.retest(run_dir / "checkpoints" / "last.ckpt")
 
 
 def _main(argv: list[str]) -> None:
