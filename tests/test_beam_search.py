@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from zoo.modules.beam_search import beam_search, segment_topk
+from zoo.modules.beam_search import beam_search, candidate_beam_search, segment_topk
 from zoo.modules.trie import ItemTrie
 
 
@@ -87,6 +87,70 @@ def test_renormalised_wide_beam_equals_enumeration_over_the_allowed_tokens(seed)
         full = dict(zip(plain.items[b].tolist(), plain.scores[b].tolist()))
         assert all(renormed[i] >= full[i] - 1e-6 for i in full)  # renormalising can only raise an item's score
     assert any(result.items[b].tolist() != plain.items[b].tolist() for b in range(3))
+
+
+def node_of(trie: ItemTrie, prefix: list[int]) -> int:
+    node = torch.tensor([0])
+    for token in prefix:
+        node = trie.step(node, torch.tensor([token]))
+    return int(node)
+
+
+def test_node_log_mass_is_the_logsumexp_of_the_items_below():
+    seqs = [[0, 1], [0, 2], [1, 3, 4], [1, 3, 0], [2]]
+    trie = ItemTrie(seqs, vocab_size=5)
+    scores = torch.randn(2, len(seqs) + 1, generator=torch.Generator().manual_seed(0))
+    scores[1, 3] = float("-inf")  # an item with no prior mass
+    mass = trie.node_log_mass(scores)
+    for node in range(trie.num_nodes):
+        below = [i for i, s in enumerate(seqs, start=1) if any(node_of(trie, s[:d]) == node for d in range(len(s) + 1))]
+        for b in range(2):
+            expected = torch.logsumexp(scores[b, below], 0)
+            assert torch.isclose(mass[b, node], expected) or (expected.isinf() and mass[b, node].isinf())
+    assert torch.allclose(mass[:, 0], torch.logsumexp(scores[:, 1:], 1))  # the root holds every item
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("renormalize", [False, True])
+def test_item_prior_adds_each_items_prior_to_its_score(seed, renormalize):
+    """``item_prior``: with beams for every item the list is the exact ranking of sequence score + prior (the
+    root's prior mass subtracted), and a strong prior reorders the list by the prior; candidate-restricted
+    decoding gives its candidates the same scores up to a per-row constant."""
+    trie, seqs = random_trie(num_items=25, depth=3, vocab=5, seed=seed)
+    prior = torch.randn(3, 26, generator=torch.Generator().manual_seed(seed + 10))
+    prior[:, 0] = float("-inf")
+    allowed = None
+    if renormalize:
+
+        def allowed(prefix):
+            return {s[len(prefix)] for s in seqs if tuple(s[: len(prefix)]) == prefix}
+
+    plain = beam_search(PrefixScorer(3, 5, seed), trie, 3, 30, renormalize=renormalize)
+    result = beam_search(PrefixScorer(3, 5, seed), trie, 3, 30, renormalize=renormalize, item_prior=prior)
+    scorer = PrefixScorer(3, 5, seed)
+    for b in range(3):
+        root = torch.logsumexp(prior[b, 1:], 0).item()
+        expected = sorted(
+            ((scorer.sequence_logprob(b, s, allowed) + prior[b, i].item() - root, i) for i, s in enumerate(seqs, 1)),
+            key=lambda x: -x[0],
+        )
+        assert result.items[b, :25].tolist() == [i for _, i in expected]
+        assert torch.allclose(result.scores[b, :25], torch.tensor([x for x, _ in expected]), atol=1e-4)
+    assert any(result.items[b].tolist() != plain.items[b].tolist() for b in range(3))
+    spread = torch.stack([torch.randperm(25, generator=torch.Generator().manual_seed(b)) for b in range(3)]) * 100.0
+    strong = torch.cat([torch.full((3, 1), float("-inf")), spread], 1)  # gaps far above any sequence score's
+    strongest = beam_search(PrefixScorer(3, 5, seed), trie, 3, 5, renormalize=renormalize, item_prior=strong)
+    assert strongest.items.tolist() == (torch.argsort(spread, 1, descending=True)[:, :5] + 1).tolist()
+    candidates = torch.stack([torch.randperm(25, generator=torch.Generator().manual_seed(b))[:8] + 1 for b in range(3)])
+    restricted = candidate_beam_search(
+        PrefixScorer(3, 5, seed), [[]] + seqs, candidates, 5, 8, renormalize=renormalize, item_prior=prior
+    )
+    for b in range(3):
+        assert sorted(restricted.items[b].tolist()) == sorted(candidates[b].tolist())
+        full = dict(zip(result.items[b].tolist(), result.scores[b].tolist()))
+        if not renormalize:  # renormalised scores are over each row's candidates instead of all items
+            shift = [restricted.scores[b, j].item() - full[i] for j, i in enumerate(restricted.items[b].tolist())]
+            assert max(shift) - min(shift) < 1e-4
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

@@ -461,3 +461,36 @@ def test_the_user_bias_adds_the_same_row_bias_in_training_and_in_decoding():
     model.bias_scale.data.fill_(0.0)
     model.compute_loss(batch).backward()
     assert model.bias_scale.grad is not None and float(model.bias_scale.grad.abs()) > 0  # it learns from 0
+
+
+def test_the_item_prior_adds_the_alignment_terms_log_probability_to_each_title():
+    """``eval.prior_weight``: every beam's score is the LM's plus the weight times the alignment term's
+    log-probability of its item (checked against the LM-alone scores of the same items); a weight far above the
+    LM's scores ranks by the alignment term; a model without its own item scorer refuses the setting."""
+    model, datamodule = build_on("uem_ml100k", [*TINY, "model.align_weight=1", "eval.prior_weight=2"])
+    model.eval()
+    batch = first(datamodule, "test")
+    with torch.no_grad():
+        prompts = model.soft_prompts(batch)
+        logp = torch.log_softmax(model.alignment_logits(batch, prompts), -1)
+        prior = model.decoding_inputs(batch)["item_prior"]
+        assert prior.shape == (len(batch["target"]), model.num_items + 1) and torch.isinf(prior[:, 0]).all()
+        assert torch.allclose(prior[:, 1:], 2 * logp, atol=1e-5)
+        items, scores = model.rank_scored(batch, 5)
+        candidates = items  # the same items decoded without the prior: their LM scores
+        model.cfg.eval.prior_weight = 0.0
+        assert model.decoding_inputs(batch)["item_prior"] is None
+        lm_items, lm_scores = model.rank_scored(batch, 5, candidates=candidates)
+        lm = {(b, int(i)): float(s) for b in range(len(items)) for i, s in zip(lm_items[b], lm_scores[b])}
+        for b in range(len(items)):
+            root = torch.logsumexp(2 * logp[b], 0)
+            for i, s in zip(items[b].tolist(), scores[b].tolist()):
+                assert s == pytest.approx(lm[(b, i)] + 2 * float(logp[b, i - 1]) - float(root), abs=1e-3)
+        model.cfg.eval.prior_weight = 1e4
+        assert torch.equal(model.rank(batch, 5), logp.topk(5, dim=-1).indices + 1)
+    with pytest.raises(ConfigError, match="no item scorer"):
+        build_on("uem_ml100k", [*TINY, "eval.prior_weight=1"])  # no alignment term
+    with pytest.raises(ConfigError, match="no item scorer"):
+        build_on("llmrec_ml100k", ["eval.prior_weight=1"])
+    with pytest.raises(ConfigError, match="prior_weight must be >= 0"):
+        build_on("uem_ml100k", [*TINY, "model.align_weight=1", "eval.prior_weight=-1"])

@@ -21,6 +21,7 @@ import sys
 
 from omegaconf import DictConfig, open_dict
 
+from zoo.config import check_prior
 from zoo.data.corpus import Corpus
 from zoo.errors import ConfigError
 from zoo.evaluation import Protocol
@@ -58,6 +59,7 @@ def build(cfg: DictConfig, corpus: Corpus | None = None, stages: dict | None = N
 
     model_cls = MODELS.get(cfg.model.name)
     getattr(model_cls, "check_config", lambda cfg: None)(cfg)  # again: a config edited after compose (benchmarks)
+    check_prior(model_cls, cfg)
     task = task_of(model_cls)
     apply_defaults(cfg, task)
     protocol = Protocol.from_config(cfg)

@@ -91,6 +91,9 @@ class EvalConfig:
     # generative methods: beam scores renormalised over the tokens the item trie allows at each step (the item's
     # probability among real items, as MSL trains it) instead of the full vocabulary's log-softmax
     renormalize: bool = False
+    # generative methods whose model has its own item scorer (``RecModel.has_item_prior``: UEM's alignment term):
+    # each item's beam score plus this weight times that scorer's log-probability (0 = the LM's score alone)
+    prior_weight: float = 0.0
     save_ranks: bool = False  # write each test example's user, target and rank to <run_dir>/test_ranks.npz
 
 
@@ -293,6 +296,18 @@ CHOICES = {
 }
 
 
+def check_prior(model_cls, cfg: DictConfig) -> None:
+    """``eval.prior_weight``: >= 0, and above 0 only for a model with its own item scorer."""
+    weight = float(OmegaConf.select(cfg, "eval.prior_weight", default=0.0) or 0.0)
+    if weight < 0:
+        raise ConfigError(f"eval.prior_weight must be >= 0, got {weight}")
+    if weight and not getattr(model_cls, "has_item_prior", lambda cfg: False)(cfg):
+        raise ConfigError(
+            f"eval.prior_weight={weight}: model '{cfg.model.name}' has no item scorer of its own under this config "
+            "(uem has one with model.align_weight > 0)"
+        )
+
+
 def _check_choices(cfg: DictConfig) -> None:
     """Fail at compose time, not mid-run, on a name that is not one of the valid choices."""
     for key, valid in CHOICES.items():
@@ -302,6 +317,7 @@ def _check_choices(cfg: DictConfig) -> None:
     SOURCES.get(cfg.data.name)
     model_cls = MODELS.get(cfg.model.name)
     getattr(model_cls, "check_config", lambda cfg: None)(cfg)  # zoo.models.base.RecModel.check_config
+    check_prior(model_cls, cfg)
     loss_kind = getattr(model_cls, "loss_kind", "none")
     kind = LOSSES.get(cfg.loss.name).kind
     if loss_kind != "none" and kind != loss_kind:

@@ -109,6 +109,13 @@ class RecModel(L.LightningModule):
         data (the catalogue size, titles) stay in ``__init__``. Default: none."""
 
     @classmethod
+    def has_item_prior(cls, cfg: DictConfig) -> bool:
+        """Whether this method, under ``cfg``, has an item scorer of its own that generative decoding may add to
+        its beam scores (``eval.prior_weight``; the model then puts ``item_prior`` in its decoding inputs).
+        Default: no."""
+        return False
+
+    @classmethod
     def protocol_for(cls, cfg: DictConfig, protocol, artifacts: dict):
         """The evaluation protocol this method runs under, given the configured one and its stage artifacts
         (a re-ranker ranks its retriever's lists); default: the configured protocol."""

@@ -235,6 +235,25 @@ class UEM(SoftHistory, LLMRec):
             user = user.index_add(0, row, prompts) / counts.clamp(min=1)[:, None].to(prompts.dtype)
         return user
 
+    def alignment_logits(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor:
+        """The alignment term's logits over the catalogue ([B, N], item i at column i - 1): the scaled cosine
+        between each row's mean soft prompt and every item's mean title-token embedding."""
+        user = self.user_vectors(batch, prompts)
+        items = self.title_vectors().to(user.dtype)
+        logits = nn.functional.normalize(user, dim=-1) @ nn.functional.normalize(items, dim=-1).T
+        return logits * self.align_scale.clamp(max=math.log(100)).exp()
+
+    @classmethod
+    def has_item_prior(cls, cfg) -> bool:
+        return float(cfg.model.align_weight) > 0  # the alignment term is the model's own item scorer
+
+    def item_prior(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor:
+        """``eval.prior_weight`` times the alignment term's log-probability of every item ([B, N+1], column 0
+        -inf): what beam search adds to each title's score, a product of the LM and the module's own ranking."""
+        logp = torch.log_softmax(self.alignment_logits(batch, prompts).float(), dim=-1)
+        pad = logp.new_full((len(logp), 1), float("-inf"))
+        return float(self.cfg.eval.prior_weight) * torch.cat([pad, logp], 1)
+
     def alignment_loss(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor:
         """The zoo's title-alignment term (``model.align_weight``): a softmax over the whole catalogue of the
         cosine between a row's mean soft prompt and each item's mean title-token embedding (in the LM's own
@@ -242,11 +261,7 @@ class UEM(SoftHistory, LLMRec):
         LM first learns the titles' marginal, treats the user tokens as noise, and the module learns to emit
         one near-constant prompt (``benchmarks/uem_probe.py``); this term makes every user's prompt point at
         the title tokens of the items it predicts, which a tied-embedding LM reads like text."""
-        user = self.user_vectors(batch, prompts)
-        items = self.title_vectors().to(user.dtype)
-        logits = nn.functional.normalize(user, dim=-1) @ nn.functional.normalize(items, dim=-1).T
-        logits = logits * self.align_scale.clamp(max=math.log(100)).exp()
-        return nn.functional.cross_entropy(logits.float(), batch["target"] - 1)
+        return nn.functional.cross_entropy(self.alignment_logits(batch, prompts).float(), batch["target"] - 1)
 
     def logit_bias(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor | None:
         """``model.user_bias``: each row's bias on the next-token logits ([B, V]), ``bias_scale`` times the dot
@@ -258,7 +273,8 @@ class UEM(SoftHistory, LLMRec):
 
     def decoding_inputs(self, batch: dict) -> dict:
         prompts = self.soft_prompts(batch)
-        return {"vectors": prompts, "logit_bias": self.logit_bias(batch, prompts)}
+        prior = self.item_prior(batch, prompts) if float(self.cfg.eval.prior_weight) else None
+        return {"vectors": prompts, "logit_bias": self.logit_bias(batch, prompts), "item_prior": prior}
 
     def token_logits(self, batch: dict, predicts: torch.Tensor, prompts: torch.Tensor | None) -> torch.Tensor:
         logits = super().token_logits(batch, predicts, prompts)

@@ -15,7 +15,11 @@ Scores are sums of log-softmax over the full vocabulary (not renormalised over t
 model's joint probability of each complete item sequence. With ``renormalize=True`` (constrained only) each step's
 log-probabilities are renormalised over the tokens the trie allows there, so a score is the probability of the item
 under the model restricted to real items: a token with no alternative costs nothing, and the ranking is the one
-MSL trains (at temperature 1). Sequences of different lengths are fine as long as
+MSL trains (at temperature 1). With ``item_prior`` ([B, N+1] per-row log-weights of the items, e.g. a weight times
+another scorer's log-probabilities) each constrained step also adds the change in the subtree log-mass of the prior
+(:meth:`ItemTrie.node_log_mass`), so a finished item's score is its sequence score plus its prior (less the root's
+mass, the same for every item of a row): a product of experts, with the prior as a lookahead while decoding.
+Sequences of different lengths are fine as long as
 no item's sequence is a prefix of another's (end titles with EOS): a beam that reaches a leaf is finished and
 carried forward with its score unchanged while the others grow.
 """
@@ -74,6 +78,7 @@ def beam_search(
     max_steps: int | None = None,
     pad_token: int = 0,
     renormalize: bool = False,
+    item_prior: torch.Tensor | None = None,
 ) -> BeamSearchResult:
     """Decode ``num_beams`` item sequences per batch element, best first.
 
@@ -87,6 +92,9 @@ def beam_search(
     nodes = torch.zeros(batch_size, 1, dtype=torch.long, device=device)  # trie node of each beam (-1 = none)
     scores = torch.zeros(batch_size, 1, device=device)
     tokens = torch.zeros(batch_size, 1, 0, dtype=torch.long, device=device)
+    if item_prior is not None and not constrained:
+        raise ValueError("item_prior needs constrained decoding")
+    node_prior = trie.node_log_mass(item_prior.to(device)) if item_prior is not None else None
     parents: torch.Tensor | None = None
     last: torch.Tensor | None = None
     for _ in range(max_steps):
@@ -97,7 +105,7 @@ def beam_search(
         width = nodes.shape[1]
         if constrained:
             parents, last, nodes, scores = _constrained_step(
-                trie, logp, nodes, scores, finished, num_beams, pad_token, renormalize
+                trie, logp, nodes, scores, finished, num_beams, pad_token, renormalize, node_prior
             )
         else:
             vocab = logp.shape[-1]
@@ -127,9 +135,11 @@ def _constrained_step(
     num_beams: int,
     pad_token: int,
     renormalize: bool = False,
+    node_prior: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Expand every live beam along its trie children (finished beams carry over unchanged) and keep the
-    ``num_beams`` best candidates of each batch element (``renormalize``: log-probabilities over the children)."""
+    ``num_beams`` best candidates of each batch element (``renormalize``: log-probabilities over the children;
+    ``node_prior`` [B, num_nodes]: each step adds the child's prior log-mass less its parent's)."""
     batch_size, width, _ = logp.shape
     flat_nodes = nodes.reshape(-1)
     live = torch.where(finished.reshape(-1), torch.full_like(flat_nodes, -1), flat_nodes)
@@ -137,6 +147,9 @@ def _constrained_step(
     child_logp = logp.reshape(batch_size * width, -1)[rows, child_tokens]
     if renormalize and len(rows):
         child_logp = child_logp - group_logsumexp(rows, child_logp, batch_size * width)[rows]
+    if node_prior is not None and len(rows):
+        row_batch = rows // width
+        child_logp = child_logp + node_prior[row_batch, children] - node_prior[row_batch, live[rows]]
     cand_score = scores.reshape(-1)[rows] + child_logp
     done_rows = torch.nonzero(finished.reshape(-1)).flatten()
     rows = torch.cat([rows, done_rows])
@@ -196,13 +209,16 @@ def candidate_beam_search(
     num_beams: int,
     pad_token: int = 0,
     renormalize: bool = False,
+    item_prior: torch.Tensor | None = None,
 ) -> BeamSearchResult:
     """Beam search restricted to each row's candidate items (``candidates`` [B, K] item ids, 0 = none):
     ``sequences[i]`` is the token sequence of item ``i`` (index 0 unused); ``renormalize`` over the allowed
-    tokens, i.e. over the row's candidates, as in :func:`beam_search`."""
+    tokens, i.e. over the row's candidates, and ``item_prior`` ([B, N+1]) as in :func:`beam_search`."""
     from zoo.modules.trie import candidate_trie
 
     trie = candidate_trie(sequences, candidates, vocab_size).to(candidates.device)
     scorer = RowPrefixScorer(step, vocab_size, len(candidates), candidates.device)
-    result = beam_search(scorer, trie, len(candidates), num_beams, pad_token=pad_token, renormalize=renormalize)
+    result = beam_search(
+        scorer, trie, len(candidates), num_beams, pad_token=pad_token, renormalize=renormalize, item_prior=item_prior
+    )
     return BeamSearchResult(result.items, result.scores, result.tokens[:, :, 1:])

@@ -379,12 +379,14 @@ def generate_items(
     vectors: torch.Tensor | None = None,
     logit_bias: torch.Tensor | None = None,
     renormalize: bool = False,
+    item_prior: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ranked item ids [B, num_beams] (0 = fewer items found) and their log-probabilities, decoded after each
     left-padded prompt by beam search constrained to ``trie`` (``zoo.modules.beam_search``), or, with
     ``candidates`` ([B, K] item ids), to each row's candidates (``sequences[i]`` = item i's tokens).
     ``vectors`` fill the prompts' :data:`INJECT` positions (soft prompts, prefixes); ``logit_bias`` ([B, V]) is
-    added to every decoding step's logits of its row; ``renormalize``: scores over the allowed tokens only."""
+    added to every decoding step's logits of its row; ``renormalize``: scores over the allowed tokens only;
+    ``item_prior`` ([B, N+1] log-weights) is added to each item's score (``beam_search``'s product of experts)."""
     scorer = KVCacheScorer(backbone, input_ids, attention_mask, vectors, logit_bias)
     if candidates is not None:
         result = candidate_beam_search(
@@ -395,10 +397,17 @@ def generate_items(
             num_beams,
             backbone.pad_token_id,
             renormalize=renormalize,
+            item_prior=item_prior,
         )
         return result.items, result.scores
     trie.to(input_ids.device)
     result = beam_search(
-        scorer, trie, len(input_ids), num_beams, pad_token=backbone.pad_token_id, renormalize=renormalize
+        scorer,
+        trie,
+        len(input_ids),
+        num_beams,
+        pad_token=backbone.pad_token_id,
+        renormalize=renormalize,
+        item_prior=item_prior,
     )
     return result.items, result.scores

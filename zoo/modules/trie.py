@@ -115,6 +115,40 @@ class ItemTrie:
         """Item id whose sequence ends at each node (0 if none)."""
         return torch.where(nodes >= 0, self.node_item[nodes.clamp(min=0)], torch.zeros_like(nodes))
 
+    def ancestor_pairs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(nodes, items)`` [P]: every (node, item) pair where ``node`` is on the path from the root to the item's
+        leaf (root and leaf included), for the items that own a leaf. Built once and cached."""
+        cached = getattr(self, "_ancestor_pairs", None)
+        if cached is not None and cached[0].device == self.node_item.device:
+            return cached
+        device = self.node_item.device
+        parent = torch.full((self.num_nodes,), -1, dtype=torch.long, device=device)
+        parent[self.edge_child] = torch.div(self.edge_key, self.vocab_size, rounding_mode="floor")
+        node = torch.nonzero(self.node_item > 0).flatten()
+        item = self.node_item[node]
+        nodes, items = [], []
+        while len(node):
+            nodes.append(node)
+            items.append(item)
+            up = parent[node]
+            keep = up >= 0
+            node, item = up[keep], item[keep]
+        self._ancestor_pairs = (torch.cat(nodes), torch.cat(items)) if nodes else (node, item)
+        return self._ancestor_pairs
+
+    def node_log_mass(self, item_scores: torch.Tensor) -> torch.Tensor:
+        """Per-row log-mass of every node's subtree ([B, num_nodes]): the logsumexp of ``item_scores`` ([B, N+1]
+        per-item log-weights, column i = item i) over the items below the node; -inf where none is finite. A leaf
+        holds its item's score, so adding ``mass[child] - mass[node]`` at each step of a path adds exactly the
+        item's score at its end (a lookahead prior for beam search)."""
+        nodes, items = self.ancestor_pairs()
+        values = item_scores[:, items].float()  # [B, P]
+        index = nodes.expand(len(values), -1)
+        top = values.new_full((len(values), self.num_nodes), float("-inf")).scatter_reduce(1, index, values, "amax")
+        shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        total = torch.zeros_like(top).scatter_add_(1, index, torch.exp(values - shift.gather(1, index)))
+        return torch.log(total) + shift
+
 
 def candidate_trie(sequences, candidates: torch.Tensor, vocab_size: int) -> ItemTrie:
     """One trie for a batch of per-row candidate sets ([B, K] item ids, 0 = none; ``sequences[i]`` is item i's

@@ -1,0 +1,142 @@
+"""UEM's LM and its module's own ranking as one product of experts: each title's beam score plus a weight times the
+alignment term's log-probability of the item (``eval.prior_weight``, added step by step along the title trie as a
+lookahead, see ``zoo.modules.beam_search``). The weight is chosen on **tuning users**: validation users that the
+run did not select its checkpoint on (those after its first ``trainer.limit_val_batches`` batches, at most
+``tune_users``; the first ones would favour the weight the checkpoint was selected at). Then the run's best
+checkpoint is tested on every test user with it, beside the LM alone (weight 0) and the module alone (a weight so
+large that the LM only breaks ties).
+
+    python -m benchmarks.uem_prior runs=RUN_DIR[,RUN_DIR...] [weights=0,0.5,1,2,4,8] [tune_users=1024]
+        [tests=lm_alone,chosen,module_alone] [threads=1] [name=uem_prior]
+
+``runs`` are finished ``uem`` runs trained with the alignment term (``model.align_weight > 0``; the ``align*`` and
+``per_item_align*`` arms of ``benchmarks.uem_alignment``); evaluating never rewrites them. The JSON
+(``benchmarks/results/<name>.json``) is keyed by run directory and rewritten after every evaluation, so an
+interrupted call resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from benchmarks import common
+from benchmarks.common import cli, integer, key_values, names, write_result
+from zoo.errors import ConfigError
+
+MODULE_ALONE = 1e4  # a prior weight at which the module's ranking decides and the LM only breaks its ties
+TESTS = {"lm_alone": 0.0, "chosen": None, "module_alone": MODULE_ALONE}  # what is tested: name -> prior weight
+
+
+def tuning_loader(cfg, datamodule, users: int):
+    """The validation examples the run did not select its checkpoint on (those after its first
+    ``trainer.limit_val_batches`` batches), at most ``users`` of them, as a loader of whole batches."""
+    from torch.utils.data import DataLoader
+
+    dataset = datamodule.batch_dataset("val", train=False)
+    size = int(cfg.data.eval_batch_size)
+    limit = cfg.trainer.limit_val_batches
+    if limit is None or float(limit) < 1 or float(limit) != int(float(limit)):
+        raise ConfigError(f"{cfg.recipe}: trainer.limit_val_batches={limit}; the tuning users need a whole number")
+    first = int(limit) * size
+    rows = list(range(first, min(first + users, len(dataset))))
+    if not rows:
+        raise ConfigError(f"no validation user after the first {first} (the checkpoint's) is left for tuning")
+    batches = [rows[i : i + size] for i in range(0, len(rows), size)]
+    return DataLoader(dataset, sampler=batches, batch_size=None), len(rows)
+
+
+def validate(run_dir: Path, weights: list[float], users: int) -> tuple[dict[str, float], int]:
+    """NDCG@10 of ``run_dir``'s best checkpoint on the tuning users (``tuning_loader``) at each prior weight."""
+    from zoo.build import build
+    from zoo.run import compose_resume, read_checkpoint
+    from zoo.trainer import build_trainer
+
+    settings = ["train=false", "trainer.enable_progress_bar=false", f"eval.prior_weight={max(weights + [1.0])}"]
+    cfg = compose_resume(str(run_dir), None, settings)
+    model, datamodule = build(cfg)
+    best = str(run_dir / "checkpoints" / "best.ckpt")
+    read_checkpoint(best, model)  # a clear line for a truncated file
+    datamodule.trainer = None
+    loader, count = tuning_loader(cfg, datamodule, users)
+    cfg.trainer.limit_val_batches = None
+    out = {}
+    for weight in weights:
+        cfg.eval.prior_weight = float(weight)  # read at every decoding call
+        trainer = build_trainer(cfg, model, run_dir, loggers=False)
+        trainer.validate(model, dataloaders=loader, ckpt_path=best, verbose=False)
+        out[str(weight)] = float(trainer.callback_metrics["val/ndcg@10"])
+        print(f"  tuning weight {weight}: {out[str(weight)]:.4f}", flush=True)
+    return out, count
+
+
+def test(run_dir: Path, weight: float) -> dict:
+    t0 = time.time()
+    return {**common.retest(run_dir, [f"eval.prior_weight={weight}"]), "wall_s": round(time.time() - t0, 1)}
+
+
+def _main(argv: list[str]) -> None:
+    defaults = {"runs": "", "weights": "0,0.5,1,2,4,8", "threads": "1", "tune_users": "1024", "name": "uem_prior"}
+    args = key_values(argv, {**defaults, "tests": ",".join(TESTS)})
+    threads = integer(args, "threads", minimum=1)
+    tune_users = integer(args, "tune_users", minimum=1)
+    wanted = names(args, "tests", choices=list(TESTS))
+    runs = [Path(r).resolve() for r in names(args, "runs")]
+    if not runs:
+        raise ConfigError("runs= names no run directory")
+    try:
+        weights = sorted({float(w) for w in names(args, "weights")})
+    except ValueError:
+        raise ConfigError(f"weights: expected numbers, got {args['weights']!r}") from None
+    if not weights or min(weights) < 0:
+        raise ConfigError(f"weights: expected numbers >= 0, got {args['weights']!r}")
+    for run_dir in runs:
+        if not (run_dir / "checkpoints" / "best.ckpt").is_file():
+            raise ConfigError(f"{run_dir}: no checkpoints/best.ckpt (runs= takes finished zoo.run directories)")
+    torch.set_num_threads(threads)
+    started = time.time()
+    path = common.RESULTS_DIR / f"{args['name']}.json"
+    found: dict = (json.loads(path.read_text()) if path.is_file() else {}).get("runs", {})
+
+    def save() -> None:
+        payload = {
+            "what": "UEM's beam scores plus a weight times its alignment term's item log-probability "
+            "(eval.prior_weight), the weight chosen on validation users; test on every test user",
+            "module_alone_weight": MODULE_ALONE,
+            "runs": found,
+        }
+        write_result(args["name"], payload, started, common.RESULTS_DIR)
+
+    for run_dir in runs:
+        record = found.setdefault(str(run_dir), {})
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        record.update(dataset=cfg["data"]["name"], recipe=cfg.get("recipe"), model=cfg["model"]["name"])
+        val = record.setdefault("tuning_ndcg@10", {})
+        missing = [w for w in weights if str(w) not in val]
+        if missing:
+            scores, record["tuning_users"] = validate(run_dir, missing, tune_users)
+            val.update(scores)
+            save()
+        chosen = max(weights, key=lambda w: (val[str(w)], -w))  # ties: the smaller weight
+        record["chosen_weight"] = chosen
+        tests = record.setdefault("test", {})
+        for label in wanted:
+            weight = chosen if label == "chosen" else TESTS[label]
+            key = f"{label} (weight {weight:g})"
+            if key not in tests:
+                tests[key] = test(run_dir, weight)
+                print(run_dir.name, key, tests[key]["test/ndcg@10"], flush=True)
+                save()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(_main, __doc__, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""``benchmarks.uem_prior``: the weight is chosen on validation users the checkpoint was not selected on, the chosen
+weight and the two ends are tested, a second call evaluates nothing again, and bad arguments are one line. The
+evaluations are fakes (a real one is a full pass); the prior itself is tested in ``test_uem.py`` and
+``test_beam_search.py``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from conftest import build_on
+
+from benchmarks import common, uem_prior
+from zoo.errors import ConfigError
+
+
+def finished(run_dir):
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "best.ckpt").write_bytes(b"x")
+    cfg = {"recipe": "uem_ml100k", "model": {"name": "uem"}, "data": {"name": "ml100k"}}
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return run_dir
+
+
+def test_the_weight_is_chosen_on_tuning_users_then_tested_and_resumed(monkeypatch, tmp_path):
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path / "results")
+    (tmp_path / "results").mkdir()
+    calls = []
+
+    def validate(run_dir, weights, users):
+        calls.append(("validate", tuple(weights), users))
+        return {str(w): {0.0: 0.02, 1.0: 0.03, 4.0: 0.03, 8.0: 0.01}[w] for w in weights}, 431
+
+    def test(run_dir, weight):
+        calls.append(("test", weight))
+        return {"test/ndcg@10": 0.01 + weight / 1e5}
+
+    monkeypatch.setattr(uem_prior, "validate", validate)
+    monkeypatch.setattr(uem_prior, "test", test)
+    run = finished(tmp_path / "run")
+    uem_prior._main([f"runs={run}", "weights=4,0,1", "tune_users=500", "name=p"])
+    assert calls == [("validate", (0.0, 1.0, 4.0), 500), ("test", 0.0), ("test", 1.0), ("test", uem_prior.MODULE_ALONE)]
+    record = json.loads((tmp_path / "results" / "p.json").read_text())["runs"][str(run)]
+    assert record["chosen_weight"] == 1.0 and record["tuning_users"] == 431  # a tie goes to the smaller weight
+    assert set(record["test"]) == {"lm_alone (weight 0)", "chosen (weight 1)", "module_alone (weight 10000)"}
+    calls.clear()
+    uem_prior._main([f"runs={run}", "weights=0,1,4", "name=p"])
+    assert calls == []
+    uem_prior._main([f"runs={run}", "weights=0,1,4,8", "tests=chosen", "name=p"])  # only the new weight
+    assert calls == [("validate", (8.0,), 1024)]  # the chosen weight stays 1: nothing is tested again
+
+
+def test_bad_arguments_are_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="no checkpoints/best.ckpt"):
+        uem_prior._main([f"runs={tmp_path / 'missing'}"])
+    run = finished(tmp_path / "run")
+    with pytest.raises(ConfigError, match="weights"):
+        uem_prior._main([f"runs={run}", "weights=a,b"])
+    with pytest.raises(ConfigError, match="weights"):
+        uem_prior._main([f"runs={run}", "weights=-1"])
+    with pytest.raises(ConfigError, match="tests"):
+        uem_prior._main([f"runs={run}", "tests=bogus"])
+
+
+def test_tuning_users_are_the_validation_users_after_the_checkpoints_own():
+    model, datamodule = build_on("uem_ml100k", ["model.text_fields=[title]", "data.num_workers=0"])
+    cfg = model.cfg
+    cfg.data.eval_batch_size, cfg.trainer.limit_val_batches = 4, 2.0
+    datamodule.cfg.eval_batch_size = 4
+    loader, count = uem_prior.tuning_loader(cfg, datamodule, users=6)
+    users = [u for batch in loader for u in batch["user"].tolist()]
+    val = [u for batch in datamodule.val_dataloader() for u in batch["user"].tolist()]
+    assert count == 6 and users == val[8:14]
+    cfg.trainer.limit_val_batches = 0.5
+    with pytest.raises(ConfigError, match="whole number"):
+        uem_prior.tuning_loader(cfg, datamodule, users=6)
