@@ -50,14 +50,19 @@ GENERATIVE = [n for n in MODELS.names() if task_of(MODELS.get(n)).name == "gener
 def test_every_generative_method_renormalises_its_beams_when_asked(model_name, run_root, monkeypatch):
     """``eval.renormalize=true`` reaches every constrained beam-search step of validation and test (scores over the
     trie's allowed tokens, ``zoo.modules.beam_search``); the metrics stay finite."""
+    import inspect
+
     from zoo.modules import beam_search
 
     seen: list[bool] = []
     step = beam_search._constrained_step
+    signature = inspect.signature(step)
 
-    def spy(*args):
-        seen.append(bool(args[7]))
-        return step(*args)
+    def spy(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        seen.append(bool(bound.arguments["renormalize"]))
+        return step(*args, **kwargs)
 
     monkeypatch.setattr(beam_search, "_constrained_step", spy)
     recipe = recipe_for(model_name)
