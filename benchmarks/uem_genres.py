@@ -11,10 +11,13 @@ the ranking protocol are never read. A no-learning reference is reported too: th
 the input history (j = 1, 2, 3) on the same test users.
 
     python -m benchmarks.uem_genres [epochs=3 | minutes=M [patience=5]] [history=200] [max_prompt_tokens=512]
-        [tokens=queries] [threads=1] [seed=42] [resamples=2000] [name=uem_genres]
+        [tokens=queries] [prior=0] [threads=1] [seed=42] [resamples=2000] [name=uem_genres]
 
 ``tokens=`` is UEM's ``model.tokens``: ``queries`` (the recipe's K resampled soft prompts) or ``per_item`` (one
-soft prompt per history item, so the LM attends to each item's vector).
+soft prompt per history item, so the LM attends to each item's vector). ``prior=W`` (W > 0) gives UEM's module
+its genre head (``model.align_weight=1``, a multi-label BCE read-out of the mean soft prompt, trained with the LM)
+and decodes with ``eval.prior_weight=W`` (the head's log-odds of each genre added to the answer's score); the UEM
+arm's checkpoint is then also re-predicted with the LM alone (weight 0) and the head alone (a weight of 1e4).
 
 ``epochs=`` gives both arms the same epochs (equal examples seen); ``minutes=`` gives both the same training wall
 time instead (equal compute at the same thread count: the cheaper arm sees more examples), validation F1 picking
@@ -34,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import cli, integer, key_values, write_result
+from benchmarks.common import cli, integer, key_values, number, write_result
 from zoo.errors import ConfigError
 
 DOC = __doc__
@@ -86,7 +89,7 @@ def body(argv: list[str]) -> None:
     from benchmarks.run import epochs_run
     from zoo.build import build
     from zoo.config import compose
-    from zoo.metrics.multilabel import sample_f1
+    from zoo.metrics.multilabel import multilabel_metrics, sample_f1
     from zoo.run import run
 
     settings = key_values(
@@ -98,6 +101,7 @@ def body(argv: list[str]) -> None:
             "history": "200",
             "max_prompt_tokens": "512",
             "tokens": "queries",
+            "prior": "0",
             "threads": "1",
             "seed": "42",
             "resamples": "2000",
@@ -110,6 +114,7 @@ def body(argv: list[str]) -> None:
     minutes, patience = integer(settings, "minutes", 0), integer(settings, "patience", 0)
     max_prompt, seed = integer(settings, "max_prompt_tokens", 16), integer(settings, "seed")
     resamples = integer(settings, "resamples", 100)
+    prior = number(settings, "prior", 0.0)
     if settings["tokens"] not in ("queries", "per_item"):
         raise ConfigError(f"tokens must be queries or per_item, got '{settings['tokens']}'")
     if minutes:  # equal wall time at the same threads: each arm trains as many epochs as its minutes allow
@@ -136,6 +141,8 @@ def body(argv: list[str]) -> None:
             ]
             if arm == "soft":
                 common.append(f"model.tokens={settings['tokens']}")
+                if prior:
+                    common += ["model.align_weight=1", f"eval.prior_weight={prior:g}"]
             run_dir = Path(root) / arm
             overrides = [*common, *budget, "trainer.enable_progress_bar=false", f"run_dir={run_dir}"]
             t0 = time.time()
@@ -155,6 +162,14 @@ def body(argv: list[str]) -> None:
                 "distinct_answers": int(len({tuple(row) for row in preds.tolist()})),
                 "wall_s": wall,
             }
+            if arm == "soft" and prior:  # the same checkpoint's LM alone and genre head alone
+                for label, weight in (("lm_alone", 0.0), ("head_alone", 1e4)):
+                    alone, _ = test_predictions([*common, f"eval.prior_weight={weight:g}"], run_dir)
+                    scored = multilabel_metrics(torch.from_numpy(alone), torch.from_numpy(labels))
+                    arms[key][label] = {
+                        **{f"test/{k}": round(scored[k], 4) for k in KEYS},
+                        "distinct_answers": int(len({tuple(row) for row in alone.tolist()})),
+                    }
             print(arm, arms[key], flush=True)
         _, datamodule = build(compose("uem_genres_ml100k", [f"data.max_len={history}", "model.history=text"]))
         reference = frequency_reference(datamodule)
@@ -171,6 +186,7 @@ def body(argv: list[str]) -> None:
                 "minutes": minutes or None,
                 "history_items": history,
                 "uem_tokens": settings["tokens"],
+                "uem_genre_head_prior_weight": prior or None,
                 "text_max_prompt_tokens": max_prompt,
                 "batch": 16,
                 "threads": threads,

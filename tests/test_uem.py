@@ -321,16 +321,18 @@ def test_uem_genres_refuses_title_losses_and_ranking_protocols():
         build_on("uem_genres_ml100k", [*GENRES, "data.eval_candidates=3"])
 
 
-@pytest.mark.parametrize("history", ["soft", "text"])
+@pytest.mark.parametrize("history", ["soft", "text", "soft+head"])
 def test_the_genre_benchmark_re_predicts_the_test_users_of_the_run(tmp_path, history):
     """benchmarks.uem_genres resamples per-user F1 for its paired interval: the best checkpoint re-predicting the
-    test users must give exactly the run's own test F1."""
+    test users must give exactly the run's own test F1 (also with the genre head and its prior, ``prior=``)."""
     from benchmarks.uem_genres import test_predictions
     from zoo.config import compose
     from zoo.run import run
 
     corpus = synthetic_corpus()
-    common = [*GENRES, f"model.history={history}", "seed=3"]
+    head = ["model.align_weight=1", "eval.prior_weight=2"] if history.endswith("+head") else []
+    history = history.removesuffix("+head")
+    common = [*GENRES, f"model.history={history}", "seed=3", *head]
     shrink = [o for o in SHRINK if not o.startswith(("trainer.limit_test", "trainer.limit_val"))]
     run_dir = tmp_path / history
     metrics = run(compose("uem_genres_ml100k", [*common, *shrink, "logger.name=none", f"run_dir={run_dir}"]), corpus)
@@ -494,3 +496,43 @@ def test_the_item_prior_adds_the_alignment_terms_log_probability_to_each_title()
         build_on("llmrec_ml100k", ["eval.prior_weight=1"])
     with pytest.raises(ConfigError, match="prior_weight must be >= 0"):
         build_on("uem_ml100k", [*TINY, "model.align_weight=1", "eval.prior_weight=-1"])
+
+
+def test_the_genre_head_trains_with_the_lm_and_guides_the_decoder():
+    """``uem_genres`` with ``model.align_weight``: a multi-label BCE head on the mean soft prompt adds to the LM's
+    loss; ``eval.prior_weight`` adds weight x its log-odds of every genre of the answer to the decoder's scores,
+    so a weight far above the LM's scores answers exactly the genres the head calls likely (at least one, at most
+    ``model.max_genres``), and weight 0 is the LM alone. The text baseline has no module to hold the head."""
+    model, datamodule = build_on("uem_genres_ml100k", [*GENRES, "model.align_weight=0.5", "eval.prior_weight=1"])
+    batch = first(datamodule, "test")
+    model.eval()
+    with torch.no_grad():
+        prompts = model.soft_prompts(batch)
+        head = model.genre_logits(batch, prompts)
+        expected = torch.nn.functional.binary_cross_entropy_with_logits(head, batch["labels_multi"])
+        model.cfg.model.align_weight = 0.0
+        alone = model.compute_loss(batch)
+        model.cfg.model.align_weight = 0.5
+        assert torch.allclose(model.compute_loss(batch), alone + 0.5 * expected, rtol=1e-5)
+        model.genre_head.bias.copy_(torch.linspace(3, -3, model.num_labels))  # genres 0..G/2-1 likely, in order
+        head = model.genre_logits(batch, prompts)
+        model.cfg.eval.prior_weight = 1e4
+        strong = model.predict_labels(batch)
+        likely = head > 0
+        top = head.argsort(1, descending=True)[:, : model.cfg.model.max_genres]
+        wanted = torch.zeros_like(likely).scatter(1, top, True) & likely
+        wanted[~likely.any(1), head.argmax(1)[~likely.any(1)]] = True
+        assert torch.equal(strong.bool(), wanted)
+        model.cfg.eval.prior_weight = 0.0
+        plain = model.predict_labels(batch)
+        model.genre_head.weight.mul_(0.0).add_(1.0)  # a different head: the LM alone does not read it
+        assert torch.equal(model.predict_labels(batch), plain)
+    model.train()
+    model.zero_grad()
+    model.compute_loss(batch).backward()
+    assert float(model.genre_head.weight.grad.abs().sum()) > 0
+    assert float(model.user_module.project_in.weight.grad.abs().sum()) > 0
+    with pytest.raises(ConfigError, match="has none"):
+        build_on("uem_genres_ml100k", [*GENRES, "model.history=text", "model.align_weight=1"])
+    with pytest.raises(ConfigError, match="no item scorer"):
+        build_on("uem_genres_ml100k", [*GENRES, "eval.prior_weight=1"])

@@ -15,7 +15,10 @@ Three additions of the zoo's to task 1, off by default (``benchmarks/uem_alignme
 title-alignment term ``model.align_weight`` (:meth:`UEM.alignment_loss`), the user slot ``model.user_slot`` (the
 mean soft prompt as the last prompt position) and the user bias ``model.user_bias`` (:meth:`UEM.logit_bias`). On a
 tiny from-scratch LM the term ends the collapse of the soft prompts to one prompt for everyone, which the LM's loss
-alone leads to.
+alone leads to. The term is also an item scorer of the model's own: ``eval.prior_weight`` adds its log-probability
+of each item to the beam scores (:meth:`UEM.item_prior`, a product of experts). Task 2's counterpart is a genre
+head on the mean soft prompt (``model.align_weight`` there: a multi-label BCE), whose log-odds
+``eval.prior_weight`` adds to the genre answer's score (:meth:`UEMGenres._prior_values`).
 
 Two tasks:
 
@@ -133,6 +136,19 @@ class SoftHistory:
         tokens, mask = self.user_tokens(batch)
         return tokens[mask]
 
+    def user_vectors(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor:
+        """Each row's mean soft prompt ([B, d_lm]) from the flattened ``soft_prompts`` of ``batch`` (the user
+        slot, itself that mean, leaves it unchanged)."""
+        rows = len(batch["history"])
+        if self.cfg.model.tokens == "queries":
+            user = prompts.reshape(rows, -1, prompts.shape[-1]).mean(1)
+        else:
+            counts = (batch["history"] > 0).sum(1) + int(bool(self.cfg.model.user_slot))
+            user = torch.zeros(rows, prompts.shape[-1], dtype=prompts.dtype, device=prompts.device)
+            row = torch.repeat_interleave(torch.arange(rows, device=prompts.device), counts)
+            user = user.index_add(0, row, prompts) / counts.clamp(min=1)[:, None].to(prompts.dtype)
+        return user
+
 
 class SoftPromptEncoder:
     """Batch transform of ``uem``: the prompt frame and instruction of llmrec with the history text replaced by
@@ -221,19 +237,6 @@ class UEM(SoftHistory, LLMRec):
         weights = mask.to(tokens.dtype)[..., None]
         mean = (tokens * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(min=1)
         return torch.cat([tokens, mean], 1), torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-
-    def user_vectors(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor:
-        """Each row's mean soft prompt ([B, d_lm]) from the flattened ``soft_prompts`` of ``batch`` (the user
-        slot, itself that mean, leaves it unchanged)."""
-        rows = len(batch["history"])
-        if self.cfg.model.tokens == "queries":
-            user = prompts.reshape(rows, -1, prompts.shape[-1]).mean(1)
-        else:
-            counts = (batch["history"] > 0).sum(1) + int(bool(self.cfg.model.user_slot))
-            user = torch.zeros(rows, prompts.shape[-1], dtype=prompts.dtype, device=prompts.device)
-            row = torch.repeat_interleave(torch.arange(rows, device=prompts.device), counts)
-            user = user.index_add(0, row, prompts) / counts.clamp(min=1)[:, None].to(prompts.dtype)
-        return user
 
     def alignment_logits(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor:
         """The alignment term's logits over the catalogue ([B, N], item i at column i - 1): the scaled cosine
@@ -563,10 +566,16 @@ class UEMGenres(SoftHistory, LLMRec):
             raise ConfigError(
                 f"uem_genres trains with loss.name=lml (its answers are genre lists, not titles), got {cfg.loss.name}"
             )
-        if float(cfg.model.align_weight) or cfg.model.user_slot or cfg.model.user_bias:
-            raise ConfigError(
-                "model.align_weight, model.user_slot and model.user_bias are task 1's (uem): uem_genres has no titles"
-            )
+        if cfg.model.user_slot or cfg.model.user_bias:
+            raise ConfigError("model.user_slot and model.user_bias are task 1's (uem): uem_genres has no titles")
+        if float(cfg.model.align_weight) < 0:
+            raise ConfigError(f"model.align_weight must be >= 0, got {cfg.model.align_weight}")
+        if float(cfg.model.align_weight) and cfg.model.history != "soft":
+            raise ConfigError("model.align_weight trains the user module's genre head: model.history=text has none")
+
+    @classmethod
+    def has_item_prior(cls, cfg) -> bool:
+        return cfg.model.history == "soft" and float(cfg.model.align_weight) > 0  # the genre head
 
     def __init__(self, cfg, datamodule, artifacts: dict | None = None) -> None:
         m = cfg.model
@@ -585,6 +594,9 @@ class UEMGenres(SoftHistory, LLMRec):
             raise ConfigError(f"the tokenizer splits ',' into {len(self.sep)} tokens; uem_genres needs one")
         if m.history == "soft":
             self._build_user_module(cfg, datamodule)
+            if float(m.align_weight) > 0:  # the module's own genre head (the zoo's addition, as task 1's term)
+                width = self.backbone.model.get_input_embeddings().weight.shape[1]
+                self.genre_head = nn.Linear(width, self.num_labels)
         else:
             corpus = datamodule.corpus
             self.ratings = RatingLookup(corpus) if corpus.ratings is not None else None
@@ -623,6 +635,22 @@ class UEMGenres(SoftHistory, LLMRec):
     def soft_prompts(self, batch: dict) -> torch.Tensor | None:
         return super().soft_prompts(batch) if self.cfg.model.history == "soft" else None
 
+    def genre_logits(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor:
+        """``model.align_weight``: the genre head's logits ([B, G]), a linear read-out of each row's mean soft
+        prompt, trained with a multi-label BCE on the same labels as the LM's answer."""
+        return self.genre_head(self.user_vectors(batch, prompts).float())
+
+    def compute_loss(self, batch: dict) -> torch.Tensor:
+        weight = float(self.cfg.model.align_weight)
+        prompts = self.soft_prompts(batch)
+        lm = self.token_loss(batch, prompts)
+        if not weight:
+            return lm
+        head = nn.functional.binary_cross_entropy_with_logits(self.genre_logits(batch, prompts), batch["labels_multi"])
+        if self._trainer is not None:
+            self.log("train/align_loss", head, batch_size=len(batch["labels_multi"]))
+        return lm + weight * head
+
     def rank(self, batch: dict, k: int, candidates=None):
         raise ConfigError("uem_genres predicts genre sets (predict_labels), not ranked items")
 
@@ -632,7 +660,10 @@ class UEMGenres(SoftHistory, LLMRec):
         ``model.max_genres``) separated by ',' and ended by EOS -> the predicted genre set [B, G] (0/1)."""
         backbone = self.backbone
         ids, mask = batch["prompt_ids"], batch["prompt_mask"]
-        logits, cache = backbone.prefill(ids, mask, self.soft_prompts(batch))
+        prompts = self.soft_prompts(batch)
+        logits, cache = backbone.prefill(ids, mask, prompts)
+        weight = float(self.cfg.eval.prior_weight)
+        prior = (weight * self.genre_logits(batch, prompts)).tolist() if weight else None
         rows = len(ids)
         prefix: list[list[int]] = [[] for _ in range(rows)]
         emitted: list[list[int]] = [[] for _ in range(rows)]
@@ -641,9 +672,14 @@ class UEMGenres(SoftHistory, LLMRec):
         limit = int(self.cfg.model.max_genres)
         for _ in range(limit * (longest + 1) + 1):
             allowed = torch.zeros(rows, logits.shape[-1], dtype=torch.bool, device=logits.device)
+            bonus = torch.zeros(rows, logits.shape[-1], device=logits.device)
             for b in range(rows):
-                allowed[b, self._allowed(prefix[b], emitted[b], done[b], limit)] = True
-            choice = logits.float().masked_fill(~allowed, float("-inf")).argmax(-1)
+                tokens = self._allowed(prefix[b], emitted[b], done[b], limit)
+                allowed[b, tokens] = True
+                if prior is not None and not done[b]:
+                    bonus[b, tokens] = torch.tensor(self._prior_values(prefix[b], emitted[b], tokens, prior[b]))
+            scores = torch.log_softmax(logits.float(), -1) + bonus
+            choice = scores.masked_fill(~allowed, float("-inf")).argmax(-1)
             for b, token in enumerate(choice.tolist()):
                 if done[b]:
                     continue
@@ -661,6 +697,24 @@ class UEMGenres(SoftHistory, LLMRec):
         out = torch.zeros(rows, self.num_labels, device=ids.device)
         for b, genres in enumerate(emitted):
             out[b, genres] = 1.0
+        return out
+
+    def _prior_values(self, prefix: list[int], emitted: list[int], tokens: list[int], prior: list[float]) -> list:
+        """``eval.prior_weight``: the prior's value after each allowed token, a potential whose steps add up to the
+        sum of ``prior`` (weight x the genre head's logits, i.e. its log-odds) over the genres of the finished
+        answer: the best genre still reachable along a name, the completed genre plus the best remaining one
+        after ',', the completed genre alone after EOS (values shared by every token of a step are left out)."""
+        depth, sep, eos = len(prefix), self.sep[0], self.backbone.eos_token_id
+        complete = self._complete(prefix, emitted)
+        names = [(g, t) for g, t in enumerate(self.genre_tokens) if g not in emitted]
+        out = []
+        for token in tokens:
+            if complete is not None and token in (sep, eos):
+                rest = [prior[g] for g, _ in names if g != complete] if token == sep else [0.0]
+                out.append(prior[complete] + (max(rest) if rest else 0.0))
+            else:
+                reach = [prior[g] for g, t in names if len(t) > depth and t[: depth + 1] == [*prefix, token]]
+                out.append(max(reach) if reach else 0.0)
         return out
 
     def _complete(self, prefix: list[int], emitted: list[int]) -> int | None:
