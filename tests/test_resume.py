@@ -240,6 +240,22 @@ def test_evaluate_only_resume_returns_the_saved_metrics(finished, one_thread):
     assert _test_keys(metrics) == _test_keys(metrics_of(finished))
 
 
+def test_a_moved_run_is_evaluated_where_it_is_now(finished, tmp_path, one_thread):
+    """A run directory copied elsewhere (its config.yaml still names the old place) evaluates from its new place,
+    to the same metrics, and the original is not touched."""
+    import shutil
+
+    from zoo.run import compose_resume, run
+
+    before = snapshot(finished)
+    moved = tmp_path / "elsewhere" / finished.name
+    shutil.copytree(finished, moved)
+    cfg = compose_resume(str(moved), None, ["train=false"])
+    assert cfg.run_dir == str(moved)
+    assert _test_keys(run(cfg)) == _test_keys(metrics_of(finished))
+    assert snapshot(finished) == before
+
+
 def test_evaluate_only_resume_may_change_evaluation_settings_only(finished, capsys):
     """``train=false`` may evaluate with other ``eval.*`` settings (here other cut-offs) and leaves the run as it is;
     a training resume may not change them."""

@@ -173,6 +173,8 @@ def compose_resume(resume: str, recipe: str | None, overrides: list[str]) -> Dic
     cfg = compose(path, overrides)
     cfg.recipe = saved_recipe
     cfg.resume = resume
+    if not any(o.split("=", 1)[0].lstrip("+") == "run_dir" for o in overrides):
+        cfg.run_dir = str(run_dir)  # where the run is now: a moved or copied run resumes in place
     check_resume_config(cfg, run_dir)
     return cfg
 
