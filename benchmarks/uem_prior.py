@@ -9,7 +9,8 @@ large that the LM only breaks ties).
     python -m benchmarks.uem_prior runs=RUN_DIR[,RUN_DIR...] [weights=0,0.5,1,2,4,8] [tune_users=1024]
         [tests=lm_alone,chosen,module_alone] [threads=1] [name=uem_prior]
 
-``runs`` are finished ``uem`` runs trained with the alignment term (``model.align_weight > 0``; the ``align*`` and
+``tests=`` names what is tested on every test user (an empty list only tunes). ``runs`` are finished ``uem`` runs
+trained with the alignment term (``model.align_weight > 0``; the ``align*`` and
 ``per_item_align*`` arms of ``benchmarks.uem_alignment``); evaluating never rewrites them. The JSON
 (``benchmarks/results/<name>.json``) is keyed by run directory and rewritten after every evaluation, so an
 interrupted call resumes where it stopped.

@@ -49,6 +49,12 @@ def test_the_weight_is_chosen_on_tuning_users_then_tested_and_resumed(monkeypatc
     assert calls == []
     uem_prior._main([f"runs={run}", "weights=0,1,4,8", "tests=chosen", "name=p"])  # only the new weight
     assert calls == [("validate", (8.0,), 1024)]  # the chosen weight stays 1: nothing is tested again
+    calls.clear()
+    other = finished(tmp_path / "other")
+    uem_prior._main([f"runs={other}", "weights=0,1", "tests=", "name=p"])  # tuning only
+    assert calls == [("validate", (0.0, 1.0), 1024)]
+    record = json.loads((tmp_path / "results" / "p.json").read_text())["runs"][str(other)]
+    assert record["chosen_weight"] == 1.0 and record["test"] == {}
 
 
 def test_bad_arguments_are_one_line(tmp_path):
