@@ -125,6 +125,7 @@ def _main(argv: list[str]) -> None:
             save()
         chosen = max(weights, key=lambda w: (val[str(w)], -w))  # ties: the smaller weight
         record["chosen_weight"] = chosen
+        save()
         tests = record.setdefault("test", {})
         for label in wanted:
             weight = chosen if label == "chosen" else TESTS[label]
