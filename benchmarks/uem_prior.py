@@ -125,8 +125,8 @@ def _main(argv: list[str]) -> None:
             save()
         chosen = max(weights, key=lambda w: (val[str(w)], -w))  # ties: the smaller weight
         record["chosen_weight"] = chosen
-        save()
         tests = record.setdefault("test", {})
+        save()
         for label in wanted:
             weight = chosen if label == "chosen" else TESTS[label]
             key = f"{label} (weight {weight:g})"
