@@ -91,8 +91,9 @@ class EvalConfig:
     # generative methods: beam scores renormalised over the tokens the item trie allows at each step (the item's
     # probability among real items, as MSL trains it) instead of the full vocabulary's log-softmax
     renormalize: bool = False
-    # generative methods whose model has its own item scorer (``RecModel.has_item_prior``: UEM's alignment term):
-    # each item's beam score plus this weight times that scorer's log-probability (0 = the LM's score alone)
+    # models with a scorer of their own beside their decoder (``RecModel.has_item_prior``: UEM's alignment term, its
+    # genre head): each item's beam score (each genre answer's score) plus this weight times that scorer's
+    # log-probability (log-odds for genres); 0 = the decoder's score alone
     prior_weight: float = 0.0
     save_ranks: bool = False  # write each test example's user, target and rank to <run_dir>/test_ranks.npz
 
@@ -304,7 +305,7 @@ def check_prior(model_cls, cfg: DictConfig) -> None:
     if weight and not getattr(model_cls, "has_item_prior", lambda cfg: False)(cfg):
         raise ConfigError(
             f"eval.prior_weight={weight}: model '{cfg.model.name}' has no item scorer of its own under this config "
-            "(uem has one with model.align_weight > 0)"
+            "(uem and uem_genres have one with model.align_weight > 0)"
         )
 
 
