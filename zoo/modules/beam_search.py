@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from zoo.modules.trie import ItemTrie
+from zoo.modules.trie import ItemTrie, group_logsumexp
 
 StepFn = Callable[[torch.Tensor | None, torch.Tensor | None], torch.Tensor]
 
@@ -58,14 +58,6 @@ def segment_topk(groups: torch.Tensor, scores: torch.Tensor, num_groups: int, k:
     keep = rank < k
     out[sorted_groups[keep], rank[keep]] = order[keep]
     return out
-
-
-def group_logsumexp(groups: torch.Tensor, values: torch.Tensor, num_groups: int) -> torch.Tensor:
-    """logsumexp of ``values`` within each group id ([num_groups]; -inf for a group with no value)."""
-    top = values.new_full((num_groups,), float("-inf")).scatter_reduce(0, groups, values, "amax")
-    shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    total = values.new_zeros(num_groups).index_add_(0, groups, torch.exp(values - shift[groups]))
-    return torch.log(total) + shift
 
 
 def beam_search(

@@ -19,6 +19,16 @@ from collections.abc import Sequence
 import torch
 
 
+def group_logsumexp(groups: torch.Tensor, values: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """logsumexp of ``values`` ([..., P]) within each group id of ``groups`` ([P], along the last dimension):
+    [..., num_groups], -inf for a group with no value."""
+    index = groups.expand(*values.shape[:-1], -1)
+    top = values.new_full((*values.shape[:-1], num_groups), float("-inf")).scatter_reduce(-1, index, values, "amax")
+    shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    total = torch.zeros_like(top).scatter_add_(-1, index, torch.exp(values - shift.gather(-1, index)))
+    return torch.log(total) + shift
+
+
 class ItemTrie:
     def __init__(self, sequences: Sequence[Sequence[int]], items: Sequence[int] | None = None, vocab_size: int = 0):
         """``sequences[i]`` is the token sequence of item ``items[i]`` (default: i + 1). Two items with the same
@@ -142,12 +152,7 @@ class ItemTrie:
         holds its item's score, so adding ``mass[child] - mass[node]`` at each step of a path adds exactly the
         item's score at its end (a lookahead prior for beam search)."""
         nodes, items = self.ancestor_pairs()
-        values = item_scores[:, items].float()  # [B, P]
-        index = nodes.expand(len(values), -1)
-        top = values.new_full((len(values), self.num_nodes), float("-inf")).scatter_reduce(1, index, values, "amax")
-        shift = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-        total = torch.zeros_like(top).scatter_add_(1, index, torch.exp(values - shift.gather(1, index)))
-        return torch.log(total) + shift
+        return group_logsumexp(nodes, item_scores[:, items].float(), self.num_nodes)
 
 
 def candidate_trie(sequences, candidates: torch.Tensor, vocab_size: int) -> ItemTrie:
