@@ -60,6 +60,13 @@ ARMS = {
     # beam scores plus 4 x the alignment term's item log-probability (benchmarks/uem_prior.py: the weight its tuning
     # users chose on MovieLens-100K), in validation (checkpoint selection) and test alike
     "per_item_align_prior": ["model.tokens=per_item", "model.align_weight=1.0", "eval.prior_weight=4"],
+    # per_item_align_prior whose alignment term also weighs each item's log training-part count (a learned weight)
+    "per_item_align_pop_prior": [
+        "model.tokens=per_item",
+        "model.align_weight=1.0",
+        "model.align_popularity=true",
+        "eval.prior_weight=4",
+    ],
 }
 BUDGET = "cpu"
 

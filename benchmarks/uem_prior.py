@@ -4,7 +4,8 @@ lookahead, see ``zoo.modules.beam_search``). The weight is chosen on **tuning us
 run did not select its checkpoint on (those after its first ``trainer.limit_val_batches`` batches, at most
 ``tune_users``; the first ones would favour the weight the checkpoint was selected at). Then the run's best
 checkpoint is tested on every test user with it, beside the LM alone (weight 0) and the module alone (a weight so
-large that the LM only breaks ties).
+large that the LM only breaks ties). A weight the run itself was tested at (its ``eval.prior_weight``) is read from
+its metrics.json instead of being tested again.
 
     python -m benchmarks.uem_prior runs=RUN_DIR[,RUN_DIR...] [weights=0,0.5,1,2,4,8] [tune_users=1024]
         [tests=lm_alone,chosen,module_alone] [threads=1] [name=uem_prior]
@@ -76,6 +77,19 @@ def validate(run_dir: Path, weights: list[float], users: int) -> tuple[dict[str,
     return out, count
 
 
+def own_test(run_dir: Path, cfg: dict, weight: float) -> dict | None:
+    """The run's own test metrics (its metrics.json: the best checkpoint on every test user) when the run was
+    tested at ``weight``, else None: a second test at the same weight would repeat it exactly."""
+    metrics = run_dir / "metrics.json"
+    evaluated = cfg.get("eval", {})
+    if not metrics.is_file() or cfg.get("trainer", {}).get("limit_test_batches") is not None:
+        return None
+    if float(evaluated.get("prior_weight") or 0.0) != float(weight):
+        return None
+    own = common.cutoff_metrics(json.loads(metrics.read_text()))
+    return {**own, "source": "the run's own test (metrics.json)"} if own else None
+
+
 def test(run_dir: Path, weight: float) -> dict:
     t0 = time.time()
     return {**common.retest(run_dir, [f"eval.prior_weight={weight}"]), "wall_s": round(time.time() - t0, 1)}
@@ -131,7 +145,7 @@ def _main(argv: list[str]) -> None:
             weight = chosen if label == "chosen" else TESTS[label]
             key = f"{label} (weight {weight:g})"
             if key not in tests:
-                tests[key] = test(run_dir, weight)
+                tests[key] = own_test(run_dir, cfg, weight) or test(run_dir, weight)
                 print(run_dir.name, key, tests[key]["test/ndcg@10"], flush=True)
                 save()
 

@@ -116,6 +116,34 @@ def test_the_alignment_term_is_a_catalogue_softmax_of_the_mean_soft_prompt(token
         build_on("uem_ml100k", [*TINY, "model.align_weight=-1"])
 
 
+def test_the_popularity_feature_adds_a_learned_weight_times_the_training_part_log_count():
+    """``model.align_popularity``: the alignment logits gain ``popularity_scale * log(1 + count)``, the count taken
+    from the histories before the validation targets only (a user's last two items never count); the scale starts
+    at 0 and learns; without the alignment term the setting is refused."""
+    model, datamodule = build_on("uem_ml100k", [*TINY, "model.align_weight=1", "model.align_popularity=true"])
+    corpus = datamodule.corpus
+    expected = np.zeros(corpus.num_items + 1)
+    for u in range(corpus.num_users):
+        seq = corpus.items[corpus.offsets[u] : corpus.offsets[u + 1]]
+        if len(seq) >= 3:
+            np.add.at(expected, seq[:-2], 1)
+    assert np.allclose(model.item_log_count.numpy(), np.log1p(expected[1:]))
+    batch = first(datamodule)
+    model.eval()
+    with torch.no_grad():
+        prompts = model.soft_prompts(batch)
+        base = model.alignment_logits(batch, prompts)  # scale 0: the cosine term alone
+        model.popularity_scale.fill_(0.5)
+        both = model.alignment_logits(batch, prompts)
+    assert torch.allclose(both - base, (0.5 * model.item_log_count).expand_as(base), atol=1e-5)
+    model.popularity_scale.data.zero_()
+    model.zero_grad()
+    model.alignment_loss(batch, model.soft_prompts(batch)).backward()
+    assert float(model.popularity_scale.grad.abs()) > 0
+    with pytest.raises(ConfigError, match="align_popularity"):
+        build_on("uem_ml100k", [*TINY, "model.align_popularity=true"])
+
+
 def test_bad_module_settings_are_one_line():
     with pytest.raises(ConfigError, match="model.tokens"):
         UserEmbeddingModule(UserEmbeddingConfig(tokens="pooled"), 8, 8, 8, False)

@@ -57,6 +57,38 @@ def test_the_weight_is_chosen_on_tuning_users_then_tested_and_resumed(monkeypatc
     assert record["chosen_weight"] == 1.0 and record["test"] == {}
 
 
+def test_a_weight_the_run_was_tested_at_is_read_from_its_metrics(monkeypatch, tmp_path):
+    """The run's own test (metrics.json, every test user) at its own ``eval.prior_weight`` is the chosen weight's
+    test: it is read, not repeated; another weight, or a run tested on part of the users, is tested."""
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path / "results")
+    (tmp_path / "results").mkdir()
+    calls = []
+    monkeypatch.setattr(uem_prior, "validate", lambda run_dir, weights, users: ({str(w): w for w in weights}, 9))
+
+    def test(run_dir, weight):
+        calls.append((run_dir.name, weight))
+        return {"test/ndcg@10": 0.5}
+
+    monkeypatch.setattr(uem_prior, "test", test)
+
+    def tested(name, weight, limit=None):
+        run = finished(tmp_path / name)
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg.update(eval={"prior_weight": weight}, trainer={"limit_test_batches": limit})
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        (run / "metrics.json").write_text(json.dumps({"test/ndcg@10": 0.0123456, "best/val/ndcg@10": 0.2}))
+        return run
+
+    own, other, partial = tested("own", 4.0), tested("other", 2.0), tested("partial", 4.0, limit=3)
+    uem_prior._main([f"runs={own},{other},{partial}", "weights=0,4", "tests=lm_alone,chosen", "name=p"])
+    assert calls == [("own", 0.0), ("other", 0.0), ("other", 4.0), ("partial", 0.0), ("partial", 4.0)]
+    record = json.loads((tmp_path / "results" / "p.json").read_text())["runs"][str(own)]
+    assert record["test"]["chosen (weight 4)"] == {
+        "test/ndcg@10": 0.01235,
+        "source": "the run's own test (metrics.json)",
+    }
+
+
 def test_bad_arguments_are_one_line(tmp_path):
     with pytest.raises(ConfigError, match="no checkpoints/best.ckpt"):
         uem_prior._main([f"runs={tmp_path / 'missing'}"])

@@ -76,6 +76,10 @@ class UEMConfig(LLMRecConfig, UserEmbeddingConfig):
     # the zoo's addition: a per-user bias on every title token's logits, scale * (mean soft prompt . token
     # embedding), the scale learned from 0 (the LM's own logits at the start)
     user_bias: bool = False
+    # the zoo's addition: the alignment term's logits gain a learned weight (from 0) times each item's log
+    # training-part count, log(1 + count), so the model's own item scorer (and ``eval.prior_weight``) can weigh
+    # popularity against the user's history; needs align_weight > 0
+    align_popularity: bool = False
 
 
 class RatingLookup:
@@ -203,6 +207,19 @@ class UEM(SoftHistory, LLMRec):
             self._build_title_bags()
         if cfg.model.user_bias:
             self.bias_scale = nn.Parameter(torch.zeros(()))
+        if cfg.model.align_popularity:
+            if not float(cfg.model.align_weight):
+                raise ConfigError("model.align_popularity adds to the alignment term: it needs model.align_weight > 0")
+            # filled by prepare() from the training part (rebuilt from the data, never checkpointed)
+            self.register_buffer("item_log_count", torch.zeros(self.num_items), persistent=False)
+            self.popularity_scale = nn.Parameter(torch.zeros(()))
+
+    def prepare(self, datamodule) -> None:
+        super().prepare(datamodule)
+        if self.cfg.model.align_popularity:
+            # the histories before the validation targets (s[:n-2]): no validation or test target is counted
+            counts = torch.from_numpy(datamodule.train_item_counts("val")[1:]).float()
+            self.item_log_count.copy_(torch.log1p(counts))
 
     def _build_title_bags(self) -> None:
         # every real item's title as a bag of its quoted title tokens, each weighted 1/length: [N, V] (sparse)
@@ -240,11 +257,15 @@ class UEM(SoftHistory, LLMRec):
 
     def alignment_logits(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor:
         """The alignment term's logits over the catalogue ([B, N], item i at column i - 1): the scaled cosine
-        between each row's mean soft prompt and every item's mean title-token embedding."""
+        between each row's mean soft prompt and every item's mean title-token embedding, plus with
+        ``model.align_popularity`` a learned weight times each item's log training-part count."""
         user = self.user_vectors(batch, prompts)
         items = self.title_vectors().to(user.dtype)
         logits = nn.functional.normalize(user, dim=-1) @ nn.functional.normalize(items, dim=-1).T
-        return logits * self.align_scale.clamp(max=math.log(100)).exp()
+        logits = logits * self.align_scale.clamp(max=math.log(100)).exp()
+        if self.cfg.model.align_popularity:
+            logits = logits + self.popularity_scale * self.item_log_count.to(logits.dtype)
+        return logits
 
     @classmethod
     def has_item_prior(cls, cfg) -> bool:
