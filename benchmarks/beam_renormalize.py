@@ -20,26 +20,20 @@ from pathlib import Path
 import torch
 
 from benchmarks import common
-from benchmarks.common import cli, integer, key_values, names, write_result
+from benchmarks.common import cli, integer, key_values, write_result
 from zoo.errors import ConfigError
 
 
 def evaluate(run_dir: Path, renormalize: bool) -> dict:
-    """The test metrics of ``run_dir``'s best checkpoint with ``eval.renormalize`` set."""
-    return common.retest(run_dir, [f"eval.renormalize={str(renormalize).lower()}"])
+    """The test metrics of ``run_dir``'s best checkpoint with ``eval.renormalize`` set, and the test's time."""
+    return common.retest(run_dir, [f"eval.renormalize={str(renormalize).lower()}"], timed=True)
 
 
 def run_record(run_dir: Path) -> dict:
-    import yaml
-
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    cfg = common.run_config(run_dir)
     rows = {}
     for renormalize in (False, True):
-        t0 = time.time()
-        rows["renormalised" if renormalize else "full_vocabulary"] = {
-            **evaluate(run_dir, renormalize),
-            "wall_s": round(time.time() - t0, 1),
-        }
+        rows["renormalised" if renormalize else "full_vocabulary"] = evaluate(run_dir, renormalize)
     full, renormed = rows["full_vocabulary"], rows["renormalised"]
     return {
         "recipe": cfg.get("recipe"),
@@ -52,12 +46,7 @@ def run_record(run_dir: Path) -> dict:
 
 def _main(argv: list[str]) -> None:
     args = key_values(argv, {"runs": "", "threads": "1", "name": "beam_renormalize"})
-    runs = [Path(r).resolve() for r in names(args, "runs")]
-    if not runs:
-        raise ConfigError("runs= names no run directory")
-    for run_dir in runs:
-        if not (run_dir / "checkpoints" / "best.ckpt").is_file():
-            raise ConfigError(f"{run_dir}: no checkpoints/best.ckpt (runs= takes finished zoo.run directories)")
+    runs = common.finished_runs(args["runs"])
     if not args["name"]:
         raise ConfigError("name must not be empty")
     torch.set_num_threads(integer(args, "threads", 1))

@@ -234,13 +234,37 @@ def cutoff_metrics(metrics: dict) -> dict:
     return {k: round(float(v), 5) for k, v in sorted(metrics.items()) if k.startswith("test/") and "@" in k}
 
 
-def retest(target: Path, overrides: Sequence[str] = ()) -> dict:
+def retest(target: Path, overrides: Sequence[str] = (), timed: bool = False) -> dict:
     """``cutoff_metrics`` of a finished ``zoo.run`` run tested again (``train=false``): ``target`` is its directory
-    (its best checkpoint) or a ``.ckpt`` of it; ``overrides`` may change ``eval.*``. The run is not rewritten."""
+    (its best checkpoint) or a ``.ckpt`` of it; ``overrides`` may change ``eval.*``. The run is not rewritten.
+    ``timed`` adds the test's wall time (``wall_s``)."""
     from zoo.run import compose_resume, run
 
     settings = ["train=false", "trainer.enable_progress_bar=false", *overrides]
-    return cutoff_metrics(run(compose_resume(str(target), None, settings)))
+    t0 = time.time()
+    metrics = cutoff_metrics(run(compose_resume(str(target), None, settings)))
+    return {**metrics, "wall_s": round(time.time() - t0, 1)} if timed else metrics
+
+
+def finished_runs(value: str) -> list[Path]:
+    """A benchmark's ``runs=`` (comma-separated ``zoo.run`` directories), resolved; one line for an empty list or a
+    directory without ``checkpoints/best.ckpt``."""
+    from zoo.errors import ConfigError
+
+    runs = [Path(r.strip()).resolve() for r in value.split(",") if r.strip()]
+    if not runs:
+        raise ConfigError("runs= names no run directory")
+    for run_dir in runs:
+        if not (run_dir / "checkpoints" / "best.ckpt").is_file():
+            raise ConfigError(f"{run_dir}: no checkpoints/best.ckpt (runs= takes finished zoo.run directories)")
+    return runs
+
+
+def run_config(run_dir: Path) -> dict:
+    """A run directory's resolved config (its config.yaml) as a plain dict."""
+    import yaml
+
+    return yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
 
 
 def ndcg_at(ranks: np.ndarray, k: int) -> np.ndarray:

@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from benchmarks import common
 from benchmarks.common import cli, integer, key_values, names, write_result
@@ -91,8 +90,7 @@ def own_test(run_dir: Path, cfg: dict, weight: float) -> dict | None:
 
 
 def test(run_dir: Path, weight: float) -> dict:
-    t0 = time.time()
-    return {**common.retest(run_dir, [f"eval.prior_weight={weight}"]), "wall_s": round(time.time() - t0, 1)}
+    return common.retest(run_dir, [f"eval.prior_weight={weight}"], timed=True)
 
 
 def _main(argv: list[str]) -> None:
@@ -101,18 +99,13 @@ def _main(argv: list[str]) -> None:
     threads = integer(args, "threads", minimum=1)
     tune_users = integer(args, "tune_users", minimum=1)
     wanted = names(args, "tests", choices=list(TESTS))
-    runs = [Path(r).resolve() for r in names(args, "runs")]
-    if not runs:
-        raise ConfigError("runs= names no run directory")
+    runs = common.finished_runs(args["runs"])
     try:
         weights = sorted({float(w) for w in names(args, "weights")})
     except ValueError:
         raise ConfigError(f"weights: expected numbers, got {args['weights']!r}") from None
     if not weights or min(weights) < 0:
         raise ConfigError(f"weights: expected numbers >= 0, got {args['weights']!r}")
-    for run_dir in runs:
-        if not (run_dir / "checkpoints" / "best.ckpt").is_file():
-            raise ConfigError(f"{run_dir}: no checkpoints/best.ckpt (runs= takes finished zoo.run directories)")
     torch.set_num_threads(threads)
     started = time.time()
     path = common.RESULTS_DIR / f"{args['name']}.json"
@@ -129,7 +122,7 @@ def _main(argv: list[str]) -> None:
 
     for run_dir in runs:
         record = found.setdefault(str(run_dir), {})
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        cfg = common.run_config(run_dir)
         record.update(dataset=cfg["data"]["name"], recipe=cfg.get("recipe"), model=cfg["model"]["name"])
         val = record.setdefault("tuning_ndcg@10", {})
         missing = [w for w in weights if str(w) not in val]
