@@ -368,6 +368,15 @@ def test_the_genre_benchmark_re_predicts_the_test_users_of_the_run(tmp_path, his
     assert preds.shape == labels.shape and len(preds) >= 2
     f1 = sample_f1(torch.from_numpy(preds), torch.from_numpy(labels))
     assert float(f1.mean()) == pytest.approx(metrics["test/f1"], abs=1e-6)
+    if head:  # offsets=: the decision tuned on the validation users, whose F1 at the run's own one is its best
+        from benchmarks.uem_genres import tune_decision
+
+        val, val_labels = test_predictions(common, run_dir, corpus=corpus, split="val")
+        own = float(sample_f1(torch.from_numpy(val), torch.from_numpy(val_labels)).mean())
+        assert own == pytest.approx(metrics["best/val/f1"], abs=1e-6)
+        tuned = tune_decision(common, run_dir, [2.0, 1e4], [0.0, 1.0], corpus=corpus)
+        assert tuned["val_f1"]["weight 2, offset 0"] == pytest.approx(own, abs=1e-4)
+        assert tuned["best_val_f1"] == max(tuned["val_f1"].values()) and len(tuned["val_f1"]) == 4
 
 
 def permuted(batch: dict, order: torch.Tensor) -> dict:
@@ -545,12 +554,20 @@ def test_the_genre_head_trains_with_the_lm_and_guides_the_decoder():
         model.genre_head.bias.copy_(torch.linspace(3, -3, model.num_labels))  # genres 0..G/2-1 likely, in order
         head = model.genre_logits(batch, prompts)
         model.cfg.eval.prior_weight = 1e4
-        strong = model.predict_labels(batch)
-        likely = head > 0
-        top = head.argsort(1, descending=True)[:, : model.cfg.model.max_genres]
-        wanted = torch.zeros_like(likely).scatter(1, top, True) & likely
-        wanted[~likely.any(1), head.argmax(1)[~likely.any(1)]] = True
-        assert torch.equal(strong.bool(), wanted)
+
+        def answer(logodds):  # the genres with positive log-odds, the likeliest first, at least 1, at most the cap
+            likely = logodds > 0
+            top = logodds.argsort(1, descending=True)[:, : model.cfg.model.max_genres]
+            wanted = torch.zeros_like(likely).scatter(1, top, True) & likely
+            wanted[~likely.any(1), logodds.argmax(1)[~likely.any(1)]] = True
+            return wanted
+
+        assert torch.equal(model.predict_labels(batch).bool(), answer(head))
+        # eval.prior_offset shifts the threshold: at -1.5 every genre with log-odds above 1.5, at +1.5 above -1.5
+        for offset in (-1.5, 1.5):
+            model.cfg.eval.prior_offset = offset
+            assert torch.equal(model.predict_labels(batch).bool(), answer(head + offset))
+        model.cfg.eval.prior_offset = 0.0
         model.cfg.eval.prior_weight = 0.0
         plain = model.predict_labels(batch)
         model.genre_head.weight.mul_(0.0).add_(1.0)  # a different head: the LM alone does not read it
@@ -564,3 +581,20 @@ def test_the_genre_head_trains_with_the_lm_and_guides_the_decoder():
         build_on("uem_genres_ml100k", [*GENRES, "model.history=text", "model.align_weight=1"])
     with pytest.raises(ConfigError, match="no item scorer"):
         build_on("uem_genres_ml100k", [*GENRES, "eval.prior_weight=1"])
+    with pytest.raises(ConfigError, match="prior_offset"):  # without the weight
+        build_on("uem_genres_ml100k", [*GENRES, "model.align_weight=1", "eval.prior_offset=1"])
+    with pytest.raises(ConfigError, match="prior_offset"):  # task 1's prior is a softmax: an offset means nothing
+        build_on("uem_ml100k", [*TINY, "model.align_weight=1", "eval.prior_weight=1", "eval.prior_offset=1"])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["offsets=0,1"], "needs prior"), (["prior=1", "offsets=0,x"], "offsets: expected numbers")],
+)
+def test_the_genre_benchmarks_bad_arguments_are_one_line(capsys, argv, message):
+    from benchmarks.common import cli
+    from benchmarks.uem_genres import DOC, body
+
+    assert cli(body, DOC, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err

@@ -95,6 +95,9 @@ class EvalConfig:
     # genre head): each item's beam score (each genre answer's score) plus this weight times that scorer's
     # log-probability (log-odds for genres); 0 = the decoder's score alone
     prior_weight: float = 0.0
+    # models whose scorer gives each label its own log-odds (``RecModel.prior_offsets``: uem_genres' genre head):
+    # added to every log-odds before the weight, a shift of the decision threshold (p > 0.5 at 0); 0 = none
+    prior_offset: float = 0.0
     save_ranks: bool = False  # write each test example's user, target and rank to <run_dir>/test_ranks.npz
 
 
@@ -298,7 +301,8 @@ CHOICES = {
 
 
 def check_prior(model_cls, cfg: DictConfig) -> None:
-    """``eval.prior_weight``: >= 0, and above 0 only for a model with its own item scorer."""
+    """``eval.prior_weight``: >= 0, and above 0 only for a model with its own item scorer; ``eval.prior_offset``
+    only beside it, for a model whose scorer gives per-label log-odds."""
     weight = float(OmegaConf.select(cfg, "eval.prior_weight", default=0.0) or 0.0)
     if weight < 0:
         raise ConfigError(f"eval.prior_weight must be >= 0, got {weight}")
@@ -306,6 +310,12 @@ def check_prior(model_cls, cfg: DictConfig) -> None:
         raise ConfigError(
             f"eval.prior_weight={weight}: model '{cfg.model.name}' has no item scorer of its own under this config "
             "(uem and uem_genres have one with model.align_weight > 0)"
+        )
+    offset = float(OmegaConf.select(cfg, "eval.prior_offset", default=0.0) or 0.0)
+    if offset and not (weight and getattr(model_cls, "prior_offsets", False)):
+        raise ConfigError(
+            f"eval.prior_offset={offset}: only a model whose prior is per-label log-odds (uem_genres' genre head) "
+            "takes an offset, and only with eval.prior_weight > 0"
         )
 
 

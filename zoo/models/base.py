@@ -65,6 +65,7 @@ class RecModel(L.LightningModule):
     supports_candidates = True  # generative: rank() restricts its lists to given candidates
     stages: tuple[str, ...] = ()  # upstream stage artifacts this method needs (zoo.stages), in self.artifacts
     test_overrides: tuple[str, ...] = ()
+    prior_offsets = False  # its item prior is per-label log-odds that ``eval.prior_offset`` may shift
 
     def __init__(self, cfg: DictConfig, datamodule, artifacts: dict | None = None) -> None:
         from zoo.tasks import task_of

@@ -564,6 +564,7 @@ class UEMGenres(SoftHistory, LLMRec):
 
     Config = UEMGenresConfig
     task = "multilabel"
+    prior_offsets = True  # the genre head's prior is per-genre log-odds
     test_overrides = (
         "model.text_fields=[title]",
         "model.module_dim=32",
@@ -684,7 +685,8 @@ class UEMGenres(SoftHistory, LLMRec):
         prompts = self.soft_prompts(batch)
         logits, cache = backbone.prefill(ids, mask, prompts)
         weight = float(self.cfg.eval.prior_weight)
-        prior = (weight * self.genre_logits(batch, prompts)).tolist() if weight else None
+        offset = float(self.cfg.eval.prior_offset)  # a shift of the head's decision threshold
+        prior = (weight * (self.genre_logits(batch, prompts) + offset)).tolist() if weight else None
         rows = len(ids)
         prefix: list[list[int]] = [[] for _ in range(rows)]
         emitted: list[list[int]] = [[] for _ in range(rows)]
