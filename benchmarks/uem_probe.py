@@ -126,8 +126,9 @@ def body(argv: list[str]) -> None:
 
 
 def alignment_head(rec, corpus, chunk: int = 64) -> dict:
-    """Test NDCG@10 of the alignment term's ranking on every user (input: all items but the last), and of
-    most-popular by the same input counts."""
+    """Test NDCG@10 of the alignment term's ranking (``alignment_logits``: with ``model.align_popularity`` its
+    popularity feature too) on every user (input: all items but the last), and of most-popular by the same input
+    counts."""
     model = rec.model
     users = np.arange(corpus.num_users)
     histories = [corpus.items[corpus.offsets[u] : corpus.offsets[u + 1] - 1].tolist() for u in users]
@@ -135,11 +136,9 @@ def alignment_head(rec, corpus, chunk: int = 64) -> dict:
     counts = np.bincount(np.concatenate(histories), minlength=corpus.num_items + 1)[1:]
     ranks = []
     with torch.no_grad():
-        items = torch.nn.functional.normalize(model.title_vectors().float(), dim=-1)
         for start in range(0, len(users), chunk):
             batch = rec.batch(histories[start : start + chunk], [int(u) for u in users[start : start + chunk]])
-            mean = model.user_vectors(batch, model.soft_prompts(batch)).float()
-            scores = torch.nn.functional.normalize(mean, dim=-1) @ items.T
+            scores = model.alignment_logits(batch, model.soft_prompts(batch)).float()  # the term's own scorer
             own = scores.gather(1, torch.from_numpy(targets[start : start + chunk])[:, None])
             ranks.append((scores > own).sum(1).numpy())
     popular = np.array([(counts > counts[t]).sum() for t in targets])

@@ -431,6 +431,13 @@ def test_the_probe_ranks_every_user_by_the_alignment_term(tmp_path):
     by_hand = np.mean([1 / np.log2(r + 2) if r < 10 else 0 for r in [(counts[1:] > counts[t]).sum() for t in targets]])
     assert found["most_popular_by_input_counts_test_ndcg@10"] == pytest.approx(by_hand, abs=1e-5)
 
+    # it ranks by the model's whole scorer (alignment_logits, with model.align_popularity its popularity feature)
+    def worst(batch, prompts):  # the target below every other item
+        return -torch.nn.functional.one_hot(targets[batch["user"]] - 1, corpus.num_items).float()
+
+    rec.model.alignment_logits = worst
+    assert alignment_head(rec, corpus)["alignment_head_test_ndcg@10"] == 0.0
+
 
 @pytest.mark.parametrize("tokens", ["queries", "per_item"])
 def test_the_user_slot_is_the_mean_soft_prompt_right_before_the_response(tokens):
