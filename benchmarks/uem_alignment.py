@@ -18,11 +18,13 @@ warm-up steps, 0 at step 1,700) from 1e-3 / 3e-3 instead of the constant 1e-3 (t
 validation runs every 302 steps, so it does not see the end of the decay). ``per_item_align_prior`` adds the alignment
 term's item log-probability to the beam scores (``eval.prior_weight=4``, in validation and test alike), and
 ``per_item_align_pop_prior`` lets that term also weigh each item's log training-part count
-(``model.align_popularity``); ``benchmarks.uem_prior`` then chooses the weight on other validation users. Each
-trained arm is the cell's run (``benchmarks.run.cell_overrides``: the budget's overrides, 12 minutes at 1 thread)
-with the arm's overrides, under ``runs/uem_alignment/<dataset>/<arm>/``. An arm whose directory already holds a
-finished run (``metrics.json``) is read, not trained again, so an interrupted call resumes at arm granularity. The
-JSON (``benchmarks/results/<name>.json``) is rewritten after every arm. Run it alone: the cells are time-capped.
+(``model.align_popularity``), and ``per_item_align_text_pop_prior`` takes the term's items from their
+sentence-encoder vectors (``model.align_items=text``) with w = 16; ``benchmarks.uem_prior`` then chooses the weight
+on other validation users. Each trained arm is the cell's run (``benchmarks.run.cell_overrides``: the budget's
+overrides, 12 minutes at 1 thread) with the arm's overrides, under ``runs/uem_alignment/<dataset>/<arm>/``. An arm
+whose directory already holds a finished run (``metrics.json``) is read, not trained again, so an interrupted call
+resumes at arm granularity. The JSON (``benchmarks/results/<name>.json``) is rewritten after every arm. Run it
+alone: the cells are time-capped.
 """
 
 from __future__ import annotations
@@ -69,6 +71,15 @@ ARMS = {
         "model.align_weight=1.0",
         "model.align_popularity=true",
         "eval.prior_weight=4",
+    ],
+    # per_item_align_pop_prior with the term's items as a learned map of their sentence-encoder vectors (title,
+    # categories, brand, ...) instead of their title tokens, and the prior at 16 in validation
+    "per_item_align_text_pop_prior": [
+        "model.tokens=per_item",
+        "model.align_weight=1.0",
+        "model.align_items=text",
+        "model.align_popularity=true",
+        "eval.prior_weight=16",
     ],
 }
 BUDGET = "cpu"

@@ -144,6 +144,27 @@ def test_the_popularity_feature_adds_a_learned_weight_times_the_training_part_lo
         build_on("uem_ml100k", [*TINY, "model.align_popularity=true"])
 
 
+def test_the_text_item_side_maps_each_items_sentence_vector_into_the_lm_space():
+    """``model.align_items=text``: the alignment term's items are a learned linear map of the cached sentence-encoder
+    vectors (not the title tokens), trained by the term; a bad choice or a missing term is one line."""
+    model, datamodule = build_on("uem_ml100k", [*TINY, "model.align_weight=1", "model.align_items=text"])
+    batch = first(datamodule)
+    model.eval()
+    with torch.no_grad():
+        prompts = model.soft_prompts(batch)
+        users = model.user_vectors(batch, prompts)
+        items = model.item_vectors[1:] @ model.align_item_proj.weight.T
+        cos = torch.nn.functional.normalize(users, dim=-1) @ torch.nn.functional.normalize(items, dim=-1).T
+        assert torch.allclose(model.alignment_logits(batch, prompts), cos / 0.07, rtol=1e-4, atol=1e-5)
+    model.zero_grad()
+    model.alignment_loss(batch, model.soft_prompts(batch)).backward()
+    assert float(model.align_item_proj.weight.grad.abs().sum()) > 0
+    with pytest.raises(ConfigError, match="align_items must be one of"):
+        build_on("uem_ml100k", [*TINY, "model.align_weight=1", "model.align_items=ids"])
+    with pytest.raises(ConfigError, match="align_items=text"):
+        build_on("uem_ml100k", [*TINY, "model.align_items=text"])
+
+
 def test_bad_module_settings_are_one_line():
     with pytest.raises(ConfigError, match="model.tokens"):
         UserEmbeddingModule(UserEmbeddingConfig(tokens="pooled"), 8, 8, 8, False)

@@ -53,6 +53,7 @@ from zoo.modules.user_embedding import UserEmbeddingConfig, UserEmbeddingModule,
 from zoo.registry import MODELS
 
 HISTORY_MODES = ("soft", "text")
+ALIGN_ITEMS = ("titles", "text")  # model.align_items
 NO_GENRE = {"unknown", "(no genres listed)"}
 GENRE_INSTRUCTION = (
     "Given the movies the user has watched and how they rated them, list the genres the user prefers, the most "
@@ -80,6 +81,10 @@ class UEMConfig(LLMRecConfig, UserEmbeddingConfig):
     # training-part count, log(1 + count), so the model's own item scorer (and ``eval.prior_weight``) can weigh
     # popularity against the user's history; needs align_weight > 0
     align_popularity: bool = False
+    # the zoo's addition: the alignment term's item side. titles: each item's mean title-token embedding in the LM's
+    # own embedding space (the prompts then point at title tokens the LM reads) | text: a learned linear map of the
+    # item's cached sentence-encoder vector (title, genres, categories, brand: the module's own input) into it
+    align_items: str = "titles"
 
 
 class RatingLookup:
@@ -207,6 +212,17 @@ class UEM(SoftHistory, LLMRec):
             self._build_title_bags()
         if cfg.model.user_bias:
             self.bias_scale = nn.Parameter(torch.zeros(()))
+        if cfg.model.align_items not in ALIGN_ITEMS:
+            raise ConfigError(
+                f"model.align_items must be one of {', '.join(ALIGN_ITEMS)}, got '{cfg.model.align_items}'"
+            )
+        if cfg.model.align_items == "text":
+            if not float(cfg.model.align_weight):
+                raise ConfigError(
+                    "model.align_items=text is the alignment term's item side: it needs model.align_weight > 0"
+                )
+            lm_dim = self.backbone.model.get_input_embeddings().weight.shape[1]
+            self.align_item_proj = nn.Linear(self.item_vectors.shape[1], lm_dim, bias=False)
         if cfg.model.align_popularity:
             if not float(cfg.model.align_weight):
                 raise ConfigError("model.align_popularity adds to the alignment term: it needs model.align_weight > 0")
@@ -257,10 +273,14 @@ class UEM(SoftHistory, LLMRec):
 
     def alignment_logits(self, batch: dict, prompts: torch.Tensor) -> torch.Tensor:
         """The alignment term's logits over the catalogue ([B, N], item i at column i - 1): the scaled cosine
-        between each row's mean soft prompt and every item's mean title-token embedding, plus with
+        between each row's mean soft prompt and every item's mean title-token embedding (``model.align_items=text``:
+        the learned map of its sentence-encoder vector), plus with
         ``model.align_popularity`` a learned weight times each item's log training-part count."""
         user = self.user_vectors(batch, prompts)
-        items = self.title_vectors().to(user.dtype)
+        if self.cfg.model.align_items == "text":
+            items = self.align_item_proj(self.item_vectors[1:].to(self.align_item_proj.weight.dtype)).to(user.dtype)
+        else:
+            items = self.title_vectors().to(user.dtype)
         logits = nn.functional.normalize(user, dim=-1) @ nn.functional.normalize(items, dim=-1).T
         logits = logits * self.align_scale.clamp(max=math.log(100)).exp()
         if self.cfg.model.align_popularity:
