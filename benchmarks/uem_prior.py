@@ -2,7 +2,9 @@
 alignment term's log-probability of the item (``eval.prior_weight``, added step by step along the title trie as a
 lookahead, see ``zoo.modules.beam_search``). The weight is chosen on **tuning users**: validation users that the
 run did not select its checkpoint on (those after its first ``trainer.limit_val_batches`` batches, at most
-``tune_users``; the first ones would favour the weight the checkpoint was selected at). Then the run's best
+``tune_users``; the first ones would favour the weight the checkpoint was selected at), the best of every weight
+tuned so far (a later call adds weights), and most-popular's NDCG@10 on the same users is recorded beside them
+(``tuning_most_popular_ndcg@10``). Then the run's best
 checkpoint is tested on every test user with it, beside the LM alone (weight 0) and the module alone (a weight so
 large that the LM only breaks ties). A weight the run itself was tested at (its ``eval.prior_weight``) is read from
 its metrics.json instead of being tested again.
@@ -24,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from benchmarks import common
@@ -50,6 +53,30 @@ def tuning_loader(cfg, datamodule, users: int):
         raise ConfigError(f"no validation user after the first {first} (the checkpoint's) is left for tuning")
     batches = [rows[i : i + size] for i in range(0, len(rows), size)]
     return DataLoader(dataset, sampler=batches, batch_size=None), len(rows)
+
+
+def tuning_targets(cfg, datamodule, users: int) -> np.ndarray:
+    """The validation targets of the tuning users (``tuning_loader``'s rows, in order)."""
+    first = int(float(cfg.trainer.limit_val_batches)) * int(cfg.data.eval_batch_size)
+    return np.asarray(datamodule.examples("val").target[first : first + users])
+
+
+def popular_ndcg(counts: np.ndarray, targets: np.ndarray) -> float:
+    """Most-popular's NDCG@10 for ``targets`` by item ``counts`` ([N+1], 0 = padding): the target's rank is the
+    number of other items counted at least as often (ties count against it, as for every method)."""
+    real = np.sort(np.asarray(counts)[1:])
+    ranks = len(real) - np.searchsorted(real, np.asarray(counts)[targets], side="left") - 1
+    return float(common.ndcg_at(ranks, 10).mean())
+
+
+def popular_reference(run_dir: Path, users: int) -> float:
+    """Most-popular's NDCG@10 on the run's tuning users: counts of the histories before the validation targets."""
+    from zoo.build import build
+    from zoo.run import compose_resume
+
+    cfg = compose_resume(str(run_dir), None, ["train=false", "eval.prior_weight=0"])
+    _, datamodule = build(cfg)
+    return popular_ndcg(datamodule.train_item_counts("val"), tuning_targets(cfg, datamodule, users))
 
 
 def validate(run_dir: Path, weights: list[float], users: int) -> tuple[dict[str, float], int]:
@@ -130,7 +157,11 @@ def _main(argv: list[str]) -> None:
             scores, record["tuning_users"] = validate(run_dir, missing, tune_users)
             val.update(scores)
             save()
-        chosen = max(weights, key=lambda w: (val[str(w)], -w))  # ties: the smaller weight
+        if "tuning_most_popular_ndcg@10" not in record:
+            record["tuning_most_popular_ndcg@10"] = popular_reference(run_dir, int(record["tuning_users"]))
+            save()
+        # the best of every weight tuned so far (also by earlier calls); ties: the smaller weight
+        chosen = max((float(w) for w in val), key=lambda w: (val[str(w)], -w))
         record["chosen_weight"] = chosen
         tests = record.setdefault("test", {})
         save()

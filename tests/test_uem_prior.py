@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 from conftest import build_on
@@ -38,11 +39,13 @@ def test_the_weight_is_chosen_on_tuning_users_then_tested_and_resumed(monkeypatc
 
     monkeypatch.setattr(uem_prior, "validate", validate)
     monkeypatch.setattr(uem_prior, "test", test)
+    monkeypatch.setattr(uem_prior, "popular_reference", lambda run_dir, users: 0.025)
     run = finished(tmp_path / "run")
     uem_prior._main([f"runs={run}", "weights=4,0,1", "tune_users=500", "name=p"])
     assert calls == [("validate", (0.0, 1.0, 4.0), 500), ("test", 0.0), ("test", 1.0), ("test", uem_prior.MODULE_ALONE)]
     record = json.loads((tmp_path / "results" / "p.json").read_text())["runs"][str(run)]
     assert record["chosen_weight"] == 1.0 and record["tuning_users"] == 431  # a tie goes to the smaller weight
+    assert record["tuning_most_popular_ndcg@10"] == 0.025
     assert set(record["test"]) == {"lm_alone (weight 0)", "chosen (weight 1)", "module_alone (weight 10000)"}
     calls.clear()
     uem_prior._main([f"runs={run}", "weights=0,1,4", "name=p"])
@@ -50,6 +53,9 @@ def test_the_weight_is_chosen_on_tuning_users_then_tested_and_resumed(monkeypatc
     uem_prior._main([f"runs={run}", "weights=0,1,4,8", "tests=chosen", "name=p"])  # only the new weight
     assert calls == [("validate", (8.0,), 1024)]  # the chosen weight stays 1: nothing is tested again
     calls.clear()
+    uem_prior._main([f"runs={run}", "weights=0", "tests=", "name=p"])  # fewer weights: the choice stays
+    record = json.loads((tmp_path / "results" / "p.json").read_text())["runs"][str(run)]
+    assert calls == [] and record["chosen_weight"] == 1.0
     other = finished(tmp_path / "other")
     uem_prior._main([f"runs={other}", "weights=0,1", "tests=", "name=p"])  # tuning only
     assert calls == [("validate", (0.0, 1.0), 1024)]
@@ -70,6 +76,7 @@ def test_a_weight_the_run_was_tested_at_is_read_from_its_metrics(monkeypatch, tm
         return {"test/ndcg@10": 0.5}
 
     monkeypatch.setattr(uem_prior, "test", test)
+    monkeypatch.setattr(uem_prior, "popular_reference", lambda run_dir, users: 0.0)
 
     def tested(name, weight, limit=None):
         run = finished(tmp_path / name)
@@ -110,6 +117,13 @@ def test_tuning_users_are_the_validation_users_after_the_checkpoints_own():
     users = [u for batch in loader for u in batch["user"].tolist()]
     val = [u for batch in datamodule.val_dataloader() for u in batch["user"].tolist()]
     assert count == 6 and users == val[8:14]
+    targets = [t for batch in loader for t in batch["target"].tolist()]
+    assert uem_prior.tuning_targets(cfg, datamodule, 6).tolist() == targets
+    # most-popular on them: the number of other items counted at least as often as the target, by brute force
+    counts = datamodule.train_item_counts("val")
+    ranks = [int((counts[1:] >= counts[t]).sum()) - 1 for t in targets]
+    expected = np.mean([1 / np.log2(r + 2) if r < 10 else 0.0 for r in ranks])
+    assert uem_prior.popular_ndcg(counts, np.array(targets)) == pytest.approx(expected)
     cfg.trainer.limit_val_batches = 0.5
     with pytest.raises(ConfigError, match="whole number"):
         uem_prior.tuning_loader(cfg, datamodule, users=6)
