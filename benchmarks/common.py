@@ -4,6 +4,7 @@ and the one ``key=value`` argument parser (``key_values`` + typed readers, ``cli
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import resource
@@ -64,7 +65,8 @@ def peak_memory_mb() -> float:
 
 def write_result(name: str, payload: dict, started: float | None = None, directory: Path = RESULTS_DIR) -> Path:
     """Write ``results/<name>.json`` atomically with provenance added to ``payload`` (a ``git_commit`` in it, taken
-    when the run started, is kept: the tree may have moved on while it ran)."""
+    when the run started, is kept: the tree may have moved on while it ran; the file's ``merged_from``, the sources
+    ``benchmarks.merge`` recorded, is kept too)."""
     record = {
         "name": name,
         **payload,
@@ -76,6 +78,11 @@ def write_result(name: str, payload: dict, started: float | None = None, directo
     if started is not None and "wall_time_s" not in payload:
         record["wall_time_s"] = round(time.time() - started, 2)
     path = directory / f"{name}.json"
+    if "merged_from" not in payload and path.is_file():  # a resumed call keeps what benchmarks.merge recorded
+        with contextlib.suppress(ValueError):
+            earlier = json.loads(path.read_text())
+            if isinstance(earlier, dict) and "merged_from" in earlier:
+                record["merged_from"] = earlier["merged_from"]
     write_json_atomic(path, record)
     return path
 

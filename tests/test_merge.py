@@ -49,3 +49,12 @@ def test_bad_merges_are_one_line(monkeypatch, tmp_path, capsys, argv, code, mess
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
     assert not (tmp_path / "main.json").exists()
+
+
+def test_a_benchmark_rewriting_a_merged_file_keeps_its_sources(tmp_path):
+    write(tmp_path, "main", {"runs": {"a": 1}, "merged_from": {"tmp_1": {"created": "c1"}}})
+    common.write_result("main", {"runs": {"a": 2}}, None, tmp_path)
+    out = json.loads((tmp_path / "main.json").read_text())
+    assert out["runs"] == {"a": 2} and out["merged_from"] == {"tmp_1": {"created": "c1"}}
+    common.write_result("plain", {"runs": {}}, None, tmp_path)
+    assert "merged_from" not in json.loads((tmp_path / "plain.json").read_text())
