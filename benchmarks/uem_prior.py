@@ -12,7 +12,9 @@ its metrics.json instead of being tested again.
     python -m benchmarks.uem_prior runs=RUN_DIR[,RUN_DIR...] [weights=0,0.5,1,2,4,8] [tune_users=1024]
         [tests=lm_alone,chosen,module_alone] [threads=1] [name=uem_prior]
 
-``tests=`` names what is tested on every test user (an empty list only tunes). ``runs`` are finished ``uem`` runs
+``tests=`` names what is tested on every test user (an empty list only tunes); ``chosen_paired`` is the chosen
+weight again with every test user's rank kept (the run's test_ranks.npz) and a paired bootstrap interval of its
+NDCG@10 against most-popular's on the same users. ``runs`` are finished ``uem`` runs
 trained with the alignment term (``model.align_weight > 0``; the ``align*`` and
 ``per_item_align*`` arms of ``benchmarks.uem_alignment``); evaluating never rewrites them. The JSON
 (``benchmarks/results/<name>.json``) is keyed by run directory and rewritten after every evaluation, so an
@@ -34,7 +36,9 @@ from benchmarks.common import cli, integer, key_values, names, write_result
 from zoo.errors import ConfigError
 
 MODULE_ALONE = 1e4  # a prior weight at which the module's ranking decides and the LM only breaks its ties
-TESTS = {"lm_alone": 0.0, "chosen": None, "module_alone": MODULE_ALONE}  # what is tested: name -> prior weight
+# what is tested: name -> prior weight (None: the chosen one; chosen_paired also keeps every test user's rank)
+TESTS = {"lm_alone": 0.0, "chosen": None, "module_alone": MODULE_ALONE, "chosen_paired": None}
+RESAMPLES = 2000
 
 
 def tuning_loader(cfg, datamodule, users: int):
@@ -116,13 +120,32 @@ def own_test(run_dir: Path, cfg: dict, weight: float) -> dict | None:
     return {**own, "source": "the run's own test (metrics.json)"} if own else None
 
 
+def paired_test(run_dir: Path, weight: float) -> dict:
+    """The test at ``weight`` with every test user's rank kept (``eval.save_ranks``: the run's test_ranks.npz), and
+    a paired bootstrap of its NDCG@10 against most-popular's on the same test users (counts of the histories before
+    the test targets, as the pop model ranks)."""
+    from zoo.build import build
+    from zoo.run import compose_resume
+
+    metrics = common.retest(run_dir, [f"eval.prior_weight={weight}", "eval.save_ranks=true"], timed=True)
+    kept = np.load(run_dir / "test_ranks.npz")
+    cfg = compose_resume(str(run_dir), None, ["train=false", "eval.prior_weight=0"])
+    _, datamodule = build(cfg)
+    counts = datamodule.train_item_counts("test")
+    real = np.sort(counts[1:])
+    popular = len(real) - np.searchsorted(real, counts[kept["target"]], side="left") - 1
+    values = {"uem": common.ndcg_at(kept["rank"], 10), "most_popular": common.ndcg_at(popular, 10)}
+    paired = common.bootstrap(values, RESAMPLES, seed=0, reference="most_popular")
+    return {**metrics, "test_users": int(len(kept["rank"])), "paired_bootstrap": paired}
+
+
 def test(run_dir: Path, weight: float) -> dict:
     return common.retest(run_dir, [f"eval.prior_weight={weight}"], timed=True)
 
 
 def _main(argv: list[str]) -> None:
     defaults = {"runs": "", "weights": "0,0.5,1,2,4,8", "threads": "1", "tune_users": "1024", "name": "uem_prior"}
-    args = key_values(argv, {**defaults, "tests": ",".join(TESTS)})
+    args = key_values(argv, {**defaults, "tests": "lm_alone,chosen,module_alone"})
     threads = integer(args, "threads", minimum=1)
     tune_users = integer(args, "tune_users", minimum=1)
     wanted = names(args, "tests", choices=list(TESTS))
@@ -166,12 +189,16 @@ def _main(argv: list[str]) -> None:
         tests = record.setdefault("test", {})
         save()
         for label in wanted:
-            weight = chosen if label == "chosen" else TESTS[label]
+            weight = chosen if TESTS[label] is None else TESTS[label]
             key = f"{label} (weight {weight:g})"
-            if key not in tests:
+            if key in tests:
+                continue
+            if label == "chosen_paired":
+                tests[key] = paired_test(run_dir, weight)
+            else:
                 tests[key] = own_test(run_dir, cfg, weight) or test(run_dir, weight)
-                print(run_dir.name, key, tests[key]["test/ndcg@10"], flush=True)
-                save()
+            print(run_dir.name, key, tests[key]["test/ndcg@10"], flush=True)
+            save()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -127,3 +127,43 @@ def test_tuning_users_are_the_validation_users_after_the_checkpoints_own():
     cfg.trainer.limit_val_batches = 0.5
     with pytest.raises(ConfigError, match="whole number"):
         uem_prior.tuning_loader(cfg, datamodule, users=6)
+
+
+def test_the_paired_test_bootstraps_the_chosen_weight_against_most_popular_on_the_same_users(monkeypatch, tmp_path):
+    """``tests=chosen_paired``: the chosen weight re-tested with every user's rank kept; most-popular ranks the same
+    targets by the counts before the test targets (ties against the target); both NDCG@10s and the paired interval
+    of their difference are recorded."""
+    import zoo.build
+    import zoo.run
+
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path / "results")
+    (tmp_path / "results").mkdir()
+    run = finished(tmp_path / "run")
+    ranks, targets = np.array([0, 3, -1, 12]), np.array([1, 2, 3, 4])
+    counts = np.array([0, 5, 9, 9, 1])  # item 1: rank 2 (two items counted more); 2 and 3 tie: rank 1; 4: rank 3
+
+    def retest(target, overrides=(), timed=False):
+        assert "eval.save_ranks=true" in overrides and "eval.prior_weight=4.0" in overrides
+        np.savez(run / "test_ranks.npz", user=np.arange(4), target=targets, rank=ranks)
+        return {"test/ndcg@10": 0.5, "wall_s": 1.0}
+
+    class Data:
+        def train_item_counts(self, split):
+            assert split == "test"
+            return counts
+
+    monkeypatch.setattr(common, "retest", retest)
+    monkeypatch.setattr(zoo.run, "compose_resume", lambda *args: None)
+    monkeypatch.setattr(zoo.build, "build", lambda cfg: (None, Data()))
+    monkeypatch.setattr(uem_prior, "validate", lambda run_dir, weights, users: ({str(w): w for w in weights}, 9))
+    monkeypatch.setattr(uem_prior, "popular_reference", lambda run_dir, users: 0.0)
+    uem_prior._main([f"runs={run}", "weights=0,4", "tests=chosen_paired", "name=p"])
+    record = json.loads((tmp_path / "results" / "p.json").read_text())["runs"][str(run)]["test"]
+    found = record["chosen_paired (weight 4)"]
+    uem = np.mean([1.0, 1 / np.log2(5), 0.0, 0.0])
+    popular = np.mean([1 / np.log2(4), 1 / np.log2(3), 1 / np.log2(3), 1 / np.log2(5)])
+    paired = found["paired_bootstrap"]
+    assert found["test_users"] == 4 and paired["uem"]["ndcg@10"] == pytest.approx(uem)
+    assert paired["most_popular"]["ndcg@10"] == pytest.approx(popular)
+    low, high = paired["uem"]["minus_most_popular_ci95"]
+    assert low <= uem - popular <= high
