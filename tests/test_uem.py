@@ -484,8 +484,9 @@ def test_the_user_slot_is_the_mean_soft_prompt_right_before_the_response(tokens)
         assert torch.allclose(
             slotted.alignment_loss(with_slot, flat), plain.alignment_loss(batch, plain.soft_prompts(batch))
         )
-    with pytest.raises(ConfigError, match="task 1"):
-        build_on("uem_genres_ml100k", [*GENRES, "model.user_slot=true"])
+    for setting in ("model.user_slot=true", "model.align_popularity=true", "model.align_items=text"):
+        with pytest.raises(ConfigError, match="task 1"):
+            build_on("uem_genres_ml100k", [*GENRES, "model.align_weight=1", setting])
 
 
 def test_the_user_bias_adds_the_same_row_bias_in_training_and_in_decoding():

@@ -13,7 +13,9 @@ embedding module (``zoo.modules.user_embedding``) into soft prompts that an LM r
 
 Three additions of the zoo's to task 1, off by default (``benchmarks/uem_alignment.py`` measures them): the
 title-alignment term ``model.align_weight`` (:meth:`UEM.alignment_loss`), the user slot ``model.user_slot`` (the
-mean soft prompt as the last prompt position) and the user bias ``model.user_bias`` (:meth:`UEM.logit_bias`). On a
+mean soft prompt as the last prompt position) and the user bias ``model.user_bias`` (:meth:`UEM.logit_bias`). The
+term's items are their title tokens, or with ``model.align_items=text`` a learned map of their sentence vectors;
+``model.align_popularity`` adds a learned weight times each item's log training-part count to its logits. On a
 tiny from-scratch LM the term ends the collapse of the soft prompts to one prompt for everyone, which the LM's loss
 alone leads to. The term is also an item scorer of the model's own: ``eval.prior_weight`` adds its log-probability
 of each item to the beam scores (:meth:`UEM.item_prior`, a product of experts). Task 2's counterpart is a genre
@@ -608,8 +610,16 @@ class UEMGenres(SoftHistory, LLMRec):
             raise ConfigError(
                 f"uem_genres trains with loss.name=lml (its answers are genre lists, not titles), got {cfg.loss.name}"
             )
-        if cfg.model.user_slot or cfg.model.user_bias:
-            raise ConfigError("model.user_slot and model.user_bias are task 1's (uem): uem_genres has no titles")
+        if (
+            cfg.model.user_slot
+            or cfg.model.user_bias
+            or cfg.model.align_popularity
+            or cfg.model.align_items != "titles"
+        ):
+            raise ConfigError(
+                "model.user_slot, model.user_bias, model.align_popularity and model.align_items are task 1's (uem): "
+                "uem_genres has no titles"
+            )
         if float(cfg.model.align_weight) < 0:
             raise ConfigError(f"model.align_weight must be >= 0, got {cfg.model.align_weight}")
         if float(cfg.model.align_weight) and cfg.model.history != "soft":
