@@ -216,6 +216,20 @@ def integers(settings: dict[str, Any], key: str, minimum: int | None = None) -> 
         raise ConfigError(f"{key}={settings[key]}: expected comma-separated whole numbers{bound}") from None
 
 
+def numbers(settings: dict[str, Any], key: str, minimum: float | None = None) -> list[float]:
+    """``settings[key]`` as a comma-separated list of numbers (each >= ``minimum``)."""
+    from zoo.errors import ConfigError
+
+    bound = f" >= {minimum:g}" if minimum is not None else ""
+    try:
+        values = [float(item) for item in names(settings, key) if item.strip()]
+    except ValueError:
+        raise ConfigError(f"{key}: expected numbers{bound}, got {settings[key]!r}") from None
+    if any(v != v or (minimum is not None and v < minimum) for v in values):
+        raise ConfigError(f"{key}: expected numbers{bound}, got {settings[key]!r}")
+    return values
+
+
 def cli(body: Callable[[list[str]], object], doc: str, argv: list[str] | None = None) -> int:
     """Run a benchmark's ``body(argv)`` (argv: its ``key=value`` arguments) and return the exit status:
     ``-h`` / ``--help`` / ``help`` prints ``doc``; a ``ZooError`` (a bad argument: ConfigError, exit 2; missing

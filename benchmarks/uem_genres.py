@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import cli, integer, key_values, number, write_result
+from benchmarks.common import cli, integer, key_values, number, numbers, write_result
 from zoo.errors import ConfigError
 
 DOC = __doc__
@@ -139,10 +139,7 @@ def body(argv: list[str]) -> None:
     max_prompt, seed = integer(settings, "max_prompt_tokens", 16), integer(settings, "seed")
     resamples = integer(settings, "resamples", 100)
     prior = number(settings, "prior", 0.0)
-    try:
-        offsets = [float(o) for o in settings["offsets"].split(",") if o.strip()]
-    except ValueError:
-        raise ConfigError(f"offsets: expected numbers, got {settings['offsets']!r}") from None
+    offsets = numbers(settings, "offsets")
     if offsets and not prior:
         raise ConfigError("offsets= tunes the genre head's decision: it needs prior=W > 0")
     if settings["tokens"] not in ("queries", "per_item"):

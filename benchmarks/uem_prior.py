@@ -65,21 +65,30 @@ def tuning_targets(cfg, datamodule, users: int) -> np.ndarray:
     return np.asarray(datamodule.examples("val").target[first : first + users])
 
 
-def popular_ndcg(counts: np.ndarray, targets: np.ndarray) -> float:
-    """Most-popular's NDCG@10 for ``targets`` by item ``counts`` ([N+1], 0 = padding): the target's rank is the
-    number of other items counted at least as often (ties count against it, as for every method)."""
+def popular_ranks(counts: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Most-popular's 0-based rank of each of ``targets`` by item ``counts`` ([N+1], 0 = padding): the number of
+    other items counted at least as often (ties count against it, as for every method)."""
     real = np.sort(np.asarray(counts)[1:])
-    ranks = len(real) - np.searchsorted(real, np.asarray(counts)[targets], side="left") - 1
-    return float(common.ndcg_at(ranks, 10).mean())
+    return len(real) - np.searchsorted(real, np.asarray(counts)[targets], side="left") - 1
 
 
-def popular_reference(run_dir: Path, users: int) -> float:
-    """Most-popular's NDCG@10 on the run's tuning users: counts of the histories before the validation targets."""
+def popular_ndcg(counts: np.ndarray, targets: np.ndarray) -> float:
+    """Most-popular's NDCG@10 for ``targets`` by item ``counts`` (``popular_ranks``)."""
+    return float(common.ndcg_at(popular_ranks(counts, targets), 10).mean())
+
+
+def run_datamodule(run_dir: Path):
+    """The run's resolved config and its DataModule (for its item counts and examples)."""
     from zoo.build import build
     from zoo.run import compose_resume
 
     cfg = compose_resume(str(run_dir), None, ["train=false", "eval.prior_weight=0"])
-    _, datamodule = build(cfg)
+    return cfg, build(cfg)[1]
+
+
+def popular_reference(run_dir: Path, users: int) -> float:
+    """Most-popular's NDCG@10 on the run's tuning users: counts of the histories before the validation targets."""
+    cfg, datamodule = run_datamodule(run_dir)
     return popular_ndcg(datamodule.train_item_counts("val"), tuning_targets(cfg, datamodule, users))
 
 
@@ -124,16 +133,9 @@ def paired_test(run_dir: Path, weight: float) -> dict:
     """The test at ``weight`` with every test user's rank kept (``eval.save_ranks``: the run's test_ranks.npz), and
     a paired bootstrap of its NDCG@10 against most-popular's on the same test users (counts of the histories before
     the test targets, as the pop model ranks)."""
-    from zoo.build import build
-    from zoo.run import compose_resume
-
     metrics = common.retest(run_dir, [f"eval.prior_weight={weight}", "eval.save_ranks=true"], timed=True)
     kept = np.load(run_dir / "test_ranks.npz")
-    cfg = compose_resume(str(run_dir), None, ["train=false", "eval.prior_weight=0"])
-    _, datamodule = build(cfg)
-    counts = datamodule.train_item_counts("test")
-    real = np.sort(counts[1:])
-    popular = len(real) - np.searchsorted(real, counts[kept["target"]], side="left") - 1
+    popular = popular_ranks(run_datamodule(run_dir)[1].train_item_counts("test"), kept["target"])
     values = {"uem": common.ndcg_at(kept["rank"], 10), "most_popular": common.ndcg_at(popular, 10)}
     paired = common.bootstrap(values, RESAMPLES, seed=0, reference="most_popular")
     return {**metrics, "test_users": int(len(kept["rank"])), "paired_bootstrap": paired}
@@ -150,11 +152,8 @@ def _main(argv: list[str]) -> None:
     tune_users = integer(args, "tune_users", minimum=1)
     wanted = names(args, "tests", choices=list(TESTS))
     runs = common.finished_runs(args["runs"])
-    try:
-        weights = sorted({float(w) for w in names(args, "weights")})
-    except ValueError:
-        raise ConfigError(f"weights: expected numbers, got {args['weights']!r}") from None
-    if not weights or min(weights) < 0:
+    weights = sorted(set(common.numbers(args, "weights", minimum=0)))
+    if not weights:
         raise ConfigError(f"weights: expected numbers >= 0, got {args['weights']!r}")
     torch.set_num_threads(threads)
     started = time.time()
