@@ -169,24 +169,34 @@ def _leaf_paths(tree: dict, prefix: str = "") -> list[str]:
     return paths
 
 
+UNSET = "<unset>"
+
+
 def _lookup(config: dict, path: str) -> Any:
     node: Any = config
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
-            return "<unset>"
+            return UNSET
         node = node[part]
     return node
 
 
-def settings_of(config: dict, recipe: str, overrides: list[str], threads: int | None) -> dict:
+def settings_of(
+    config: dict, recipe: str, overrides: list[str], threads: int | None, defaults: dict | None = None
+) -> dict:
     """What a cell's recipe and budget set, read from a resolved ``config``: the value of every key the recipe
     (with its bases) or the budget's overrides name, and the threads. Two runs of a cell with different settings
-    are different results; code changes (library defaults) are tracked by the git commit instead."""
+    are different results; code changes (library defaults) are tracked by the git commit instead. A key that
+    ``config`` lacks is read from ``defaults`` where given: a record run before the key joined the schema ran
+    without it, which is its default (a new setting is off by default)."""
     from zoo.config import load_recipe
 
     paths = _leaf_paths(load_recipe(recipe)) + [o.partition("=")[0] for o in overrides]
     kept = sorted(p for p in set(paths) if p.split(".")[0] not in VOLATILE_KEYS)
-    return {"config": {p: _lookup(config, p) for p in kept}, "threads": threads}
+    values = {p: _lookup(config, p) for p in kept}
+    if defaults is not None:
+        values = {p: _lookup(defaults, p) if v == UNSET else v for p, v in values.items()}
+    return {"config": values, "threads": threads}
 
 
 def stage_settings(cfg) -> dict:
@@ -316,11 +326,14 @@ def is_stale(args: GridArgs, budgets: dict[str, dict], recipe: str, record: dict
     differ from what the record ran with."""
     from omegaconf import OmegaConf
 
+    from zoo.config import config_schema
+
     method, dataset = record["method"], record["dataset"]
     cfg, overrides = compose_cell(args, budgets, method, dataset, recipe)
     threads = budgets[args.budget].get("threads")
     today = settings_of(OmegaConf.to_container(cfg, resolve=True), recipe, overrides, threads)
-    then = settings_of(record.get("config") or {}, recipe, overrides, record.get("budget_threads"))
+    defaults = OmegaConf.to_container(config_schema(cfg.model, cfg.loss))  # for keys newer than the record
+    then = settings_of(record.get("config") or {}, recipe, overrides, record.get("budget_threads"), defaults)
     return today != then or stages_stale(record, stage_settings(cfg))
 
 

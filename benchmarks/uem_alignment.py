@@ -1,30 +1,31 @@
 """UEM task 1 at the ``cpu`` leaderboard budget with and without the zoo's additions that target the collapse of its
 soft prompts (``benchmarks/uem_probe.py``): the title-alignment term (``model.align_weight``), the user slot
-(``model.user_slot``) and the user bias on the title tokens' logits (``model.user_bias``). For each dataset and
-arm: the test metrics of the run (every test user), its training steps, and the probe of its best checkpoint (does
-the LM read the soft prompts; for the aligned arms, the test NDCG@10 of the alignment term's own ranking beside
-most-popular).
+(``model.user_slot``) and the user bias on the title tokens' logits (``model.user_bias``). For each dataset and arm: the
+test metrics of the run (every test user), its training steps, and the probe of its best checkpoint (does the LM read
+the soft prompts; for the aligned arms, the test NDCG@10 of the alignment term's own ranking beside most-popular).
 
     nohup python -m benchmarks.uem_alignment datasets=ml100k,sports [arms=cell,align,align_slot,align_bias]
         [name=uem_alignment] > /tmp/uem_alignment.log 2>&1 &
 
-Arms: ``cell`` is the leaderboard cell itself (the run directory its result file names; not re-run), ``align``
-adds ``model.align_weight=1``, ``align_slot`` adds ``model.user_slot=true`` to that, ``align_bias`` adds
-``model.user_bias=true`` to it instead; ``per_item`` gives the LM one soft prompt per history item (50) instead of
-the 8 resampled queries, ``per_item_align`` adds the alignment term to that. ``per_item_align_msl`` and
-``per_item_align_ats`` train that with MSL / MSL + ATS instead of LML, ``per_item_align_36min`` for 36 minutes
-instead of 12, and ``per_item_align_cosine`` / ``per_item_align_cosine_lr3e-3`` with a cosine learning rate (100
-warm-up steps, 0 at step 1,700) from 1e-3 / 3e-3 instead of the constant 1e-3 (their last checkpoint is tested too:
-validation runs every 302 steps, so it does not see the end of the decay). ``per_item_align_prior`` adds the alignment
-term's item log-probability to the beam scores (``eval.prior_weight=4``, in validation and test alike), and
-``per_item_align_pop_prior`` lets that term also weigh each item's log training-part count
-(``model.align_popularity``), and ``per_item_align_text_pop_prior`` takes the term's items from their
-sentence-encoder vectors (``model.align_items=text``) with w = 16; ``benchmarks.uem_prior`` then chooses the weight
-on other validation users. Each trained arm is the cell's run (``benchmarks.run.cell_overrides``: the budget's
-overrides, 12 minutes at 1 thread) with the arm's overrides, under ``runs/uem_alignment/<dataset>/<arm>/``. An arm
-whose directory already holds a finished run (``metrics.json``) is read, not trained again, so an interrupted call
-resumes at arm granularity. The JSON (``benchmarks/results/<name>.json``) is rewritten after every arm. Run it
-alone: the cells are time-capped.
+Arms: ``cell`` is the leaderboard cell itself (the run directory its result file names; not re-run: since the recipes
+ship the winning settings below, it is one of the other arms again). Every other arm starts from the paper's module
+(``zoo.models.uem.PAPER_MODULE``: 8 resampling queries, none of the zoo's additions), as the recipes were when these
+arms were measured; ``align`` adds ``model.align_weight=1``, ``align_slot`` adds ``model.user_slot=true`` to that,
+``align_bias`` adds ``model.user_bias=true`` to it instead; ``per_item`` gives the LM one soft prompt per history item
+(50) instead of the 8 resampled queries, ``per_item_align`` adds the alignment term to that. ``per_item_align_msl`` and
+``per_item_align_ats`` train that with MSL / MSL + ATS instead of LML, ``per_item_align_36min`` for 36 minutes instead
+of 12, and ``per_item_align_cosine`` / ``per_item_align_cosine_lr3e-3`` with a cosine learning rate (100 warm-up steps,
+0 at step 1,700) from 1e-3 / 3e-3 instead of the constant 1e-3 (their last checkpoint is tested too: validation runs
+every 302 steps, so it does not see the end of the decay). ``per_item_align_prior`` adds the alignment term's item
+log-probability to the beam scores (``eval.prior_weight=4``, in validation and test alike), and
+``per_item_align_pop_prior`` lets that term also weigh each item's log training-part count (``model.align_popularity``),
+and ``per_item_align_text_pop_prior`` takes the term's items from their sentence-encoder vectors
+(``model.align_items=text``) with w = 16; ``benchmarks.uem_prior`` then chooses the weight on other validation users.
+Each trained arm is the cell's run (``benchmarks.run.cell_overrides``: the budget's overrides, 12 minutes at 1 thread)
+with ``PAPER_MODULE`` and then the arm's overrides, under ``runs/uem_alignment/<dataset>/<arm>/``. An arm whose
+directory already holds a finished run (``metrics.json``) is read, not trained again, so an interrupted call resumes at
+arm granularity. The JSON (``benchmarks/results/<name>.json``) is rewritten after every arm. Run it alone: the cells are
+time-capped.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import torch
 from benchmarks import common
 from benchmarks.common import cli, key_values, names, write_result
 from zoo.errors import ConfigError
+from zoo.models.uem import PAPER_MODULE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # per_item_align with a learning rate that warms up for 100 steps and decays to 0 at step 1,700 (what fits in the
@@ -111,7 +113,8 @@ def train_arm(dataset: str, arm: str, run_root: Path) -> Path:
     budgets = load_budgets()
     run_dir = claim_run_dir(run_root / dataset / arm)
     use_budget_threads(budgets, BUDGET)
-    run(compose(f"uem_{dataset}", cell_overrides(budgets, BUDGET, "uem", "uem", None, run_dir) + ARMS[arm]))
+    arm_overrides = [*PAPER_MODULE, *ARMS[arm]]
+    run(compose(f"uem_{dataset}", cell_overrides(budgets, BUDGET, "uem", "uem", None, run_dir) + arm_overrides))
     return run_dir
 
 

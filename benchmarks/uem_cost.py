@@ -32,8 +32,10 @@ import time
 import torch
 
 from benchmarks.common import cli, integer, integers, key_values, number, write_result
+from zoo.models.uem import PAPER_MODULE
 
 ARMS = {"uem": "uem_ml100k", "text": "llmrec_ml100k"}
+ARM_OVERRIDES = {"uem": PAPER_MODULE, "text": ()}  # UEM as the paper has it: K soft prompts
 DOC = __doc__
 
 
@@ -58,7 +60,7 @@ def cell(arm: str, history: int, train_s: float, batch: int, test_users: int, se
         "logger.name=none",
     ]
     L.seed_everything(seed, verbose=False)
-    cfg = compose(ARMS[arm], overrides)
+    cfg = compose(ARMS[arm], [*ARM_OVERRIDES[arm], *overrides])
     model, datamodule = build(cfg)
     built_mb = rss_mb()
     params = [p for p in model.parameters() if p.requires_grad]

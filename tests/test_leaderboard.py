@@ -458,3 +458,27 @@ def test_protocol_benchmark_retests_a_cell_and_masking_seen_items_only_helps(tmp
     assert protocols.main(["cells=nope__ml100k__smoke"]) == 2
     assert protocols.main(["cells=sasrec__ml100k__smoke", "threads=two"]) == 2
     assert protocols.main(["cells=sasrec__ml100k__smoke", "stray"]) == 2
+
+
+def test_a_key_newer_than_a_record_counts_at_its_default() -> None:
+    """A record run before a key joined the schema lacks it: it ran at the key's default (new settings are off by
+    default), so today's config at that default is the same cell and any other value is a different one."""
+    from omegaconf import OmegaConf
+
+    from zoo.config import compose, config_schema
+
+    def settings(cfg, overrides, record=None):
+        config = OmegaConf.to_container(cfg, resolve=True)
+        if record:  # the record of an older schema: no eval.prior_weight
+            del config["eval"]["prior_weight"]
+        defaults = OmegaConf.to_container(config_schema(cfg.model, cfg.loss))
+        return lb_run.settings_of(config, "uem_ml100k", overrides, 1, defaults)
+
+    assert compose("uem_ml100k").eval.prior_weight == 4  # the recipe sets it
+    at_default = ["eval.prior_weight=0"]
+    old = settings(compose("uem_ml100k", at_default), at_default, record=True)
+    assert old["config"]["eval.prior_weight"] == 0
+    assert settings(compose("uem_ml100k", at_default), at_default) == old
+    assert settings(compose("uem_ml100k"), at_default) != old
+    no_defaults = lb_run.settings_of({"eval": {}}, "uem_ml100k", at_default, 1)
+    assert no_defaults["config"]["eval.prior_weight"] == lb_run.UNSET  # without defaults a missing key differs

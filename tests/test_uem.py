@@ -12,11 +12,11 @@ from conftest import SHRINK, build_on, synthetic_corpus
 
 from zoo.errors import ConfigError
 from zoo.metrics.multilabel import multilabel_metrics, sample_f1
-from zoo.models.uem import GenreDataModule, genre_examples, genre_vocabulary
+from zoo.models.uem import PAPER_MODULE, GenreDataModule, genre_examples, genre_vocabulary
 from zoo.modules.llm import INJECT
 from zoo.modules.user_embedding import UserEmbeddingConfig, UserEmbeddingModule
 
-TINY = [
+SMALL = [
     "model.text_fields=[title]",
     "model.module_dim=32",
     "model.module_layers=1",
@@ -25,7 +25,8 @@ TINY = [
     "data.num_workers=0",
     "data.batch_size=8",
 ]
-GENRES = [*TINY, "model.label_window=2", "model.min_history=1", "model.max_prompt_tokens=128"]
+TINY = [*PAPER_MODULE, *SMALL]  # the recipes ship the zoo's additions; these tests turn each on by itself
+GENRES = [*SMALL, "model.label_window=2", "model.min_history=1", "model.max_prompt_tokens=128"]
 
 
 def first(datamodule, split="train"):

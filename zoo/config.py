@@ -258,6 +258,18 @@ def _explain(err: OmegaConfBaseException) -> str:
     return f"invalid config at '{key}': {str(err).splitlines()[0]}"
 
 
+def config_schema(model: Any, loss: Any) -> DictConfig:
+    """The typed schema of a config whose ``model`` and ``loss`` sections name these (registered) classes: every
+    key at its default. Struct: an unknown key is an error."""
+    populate()
+    schema = OmegaConf.structured(ZooConfig)
+    OmegaConf.set_struct(schema, False)
+    schema.model = _section_schema(MODELS, model, "model")
+    schema.loss = _section_schema(LOSSES, loss, "loss")
+    OmegaConf.set_struct(schema, True)
+    return schema
+
+
 def compose(recipe: str, overrides: list[str] | None = None) -> DictConfig:
     """Load ``recipe``, apply ``overrides`` and return the validated, fully typed config."""
     raw = OmegaConf.create(load_recipe(recipe))
@@ -271,11 +283,7 @@ def compose(recipe: str, overrides: list[str] | None = None) -> DictConfig:
             importlib.import_module(module)
         except ImportError as err:
             raise ConfigError(f"cannot import plugin '{module}': {err}") from None
-    schema = OmegaConf.structured(ZooConfig)
-    OmegaConf.set_struct(schema, False)
-    schema.model = _section_schema(MODELS, names.get("model"), "model")
-    schema.loss = _section_schema(LOSSES, names.get("loss"), "loss")
-    OmegaConf.set_struct(schema, True)
+    schema = config_schema(names.get("model"), names.get("loss"))
     OmegaConf.set_struct(schema.optim.lr_scale, False)  # its keys are parameter-name prefixes, not schema fields
     for layer in (raw, over):
         try:

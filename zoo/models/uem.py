@@ -11,7 +11,9 @@ embedding module (``zoo.modules.user_embedding``) into soft prompts that an LM r
   the module's output. Module and LM are trained together: every LM weight for ``tiny-llama``, LoRA adapters
   (``model.lora_r``) for a pretrained backbone; the module is always trained in full.
 
-Three additions of the zoo's to task 1, off by default (``benchmarks/uem_alignment.py`` measures them): the
+Three additions of the zoo's to task 1, off by default in the model (``benchmarks/uem_alignment.py`` measures them;
+the shipped ``uem_<dataset>`` recipes turn on the ones that beat most-popular there, and :data:`PAPER_MODULE`
+turns them off again): the
 title-alignment term ``model.align_weight`` (:meth:`UEM.alignment_loss`), the user slot ``model.user_slot`` (the
 mean soft prompt as the last prompt position) and the user bias ``model.user_bias`` (:meth:`UEM.logit_bias`). The
 term's items are their title tokens, or with ``model.align_items=text`` a learned map of their sentence vectors;
@@ -56,6 +58,16 @@ from zoo.registry import MODELS
 
 HISTORY_MODES = ("soft", "text")
 ALIGN_ITEMS = ("titles", "text")  # model.align_items
+# Overrides that take a uem_<dataset> recipe back to the paper's module: K resampling queries, none of the zoo's
+# additions (alignment term, its popularity feature and text items, the prior at decoding). Ablations and the cost
+# benchmark start from here, whatever the recipes ship.
+PAPER_MODULE = (
+    "model.tokens=queries",
+    "model.align_weight=0",
+    "model.align_items=titles",
+    "model.align_popularity=false",
+    "eval.prior_weight=0",
+)
 NO_GENRE = {"unknown", "(no genres listed)"}
 GENRE_INSTRUCTION = (
     "Given the movies the user has watched and how they rated them, list the genres the user prefers, the most "
@@ -205,29 +217,36 @@ class UEM(SoftHistory, LLMRec):
         "model.tiny_hidden=32",
     )
 
-    def __init__(self, cfg, datamodule, artifacts: dict | None = None) -> None:
-        super().__init__(cfg, datamodule, artifacts)
-        self._build_user_module(cfg, datamodule)
-        if float(cfg.model.align_weight) < 0:
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        weight = float(cfg.model.align_weight)
+        if weight < 0:
             raise ConfigError(f"model.align_weight must be >= 0, got {cfg.model.align_weight}")
-        if float(cfg.model.align_weight) > 0:  # without the term the model has no extra weights or buffers
-            self._build_title_bags()
-        if cfg.model.user_bias:
-            self.bias_scale = nn.Parameter(torch.zeros(()))
         if cfg.model.align_items not in ALIGN_ITEMS:
             raise ConfigError(
                 f"model.align_items must be one of {', '.join(ALIGN_ITEMS)}, got '{cfg.model.align_items}'"
             )
-        if cfg.model.align_items == "text":
-            if not float(cfg.model.align_weight):
-                raise ConfigError(
-                    "model.align_items=text is the alignment term's item side: it needs model.align_weight > 0"
-                )
-            lm_dim = self.backbone.model.get_input_embeddings().weight.shape[1]
-            self.align_item_proj = nn.Linear(self.item_vectors.shape[1], lm_dim, bias=False)
+        if cfg.model.align_items == "text" and not weight:
+            raise ConfigError(
+                "model.align_items=text is the alignment term's item side: it needs model.align_weight > 0"
+            )
+        if cfg.model.align_popularity and not weight:
+            raise ConfigError("model.align_popularity adds to the alignment term: it needs model.align_weight > 0")
+
+    def __init__(self, cfg, datamodule, artifacts: dict | None = None) -> None:
+        super().__init__(cfg, datamodule, artifacts)
+        self._build_user_module(cfg, datamodule)
+        if float(cfg.model.align_weight) > 0:  # without the term the model has no extra weights or buffers
+            self.align_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's learned logit scale
+            if cfg.model.align_items == "titles":
+                self._build_title_bags()
+            else:  # text: a learned map of the cached sentence vectors into the LM's space
+                lm_dim = self.backbone.model.get_input_embeddings().weight.shape[1]
+                self.align_item_proj = nn.Linear(self.item_vectors.shape[1], lm_dim, bias=False)
+        if cfg.model.user_bias:
+            self.bias_scale = nn.Parameter(torch.zeros(()))
         if cfg.model.align_popularity:
-            if not float(cfg.model.align_weight):
-                raise ConfigError("model.align_popularity adds to the alignment term: it needs model.align_weight > 0")
             # filled by prepare() from the training part (rebuilt from the data, never checkpointed)
             self.register_buffer("item_log_count", torch.zeros(self.num_items), persistent=False)
             self.popularity_scale = nn.Parameter(torch.zeros(()))
@@ -251,7 +270,6 @@ class UEM(SoftHistory, LLMRec):
         self.register_buffer("title_bag_index", bags.indices(), persistent=False)
         self.register_buffer("title_bag_weight", bags.values(), persistent=False)
         self.title_bag_shape = tuple(bags.shape)
-        self.align_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's learned logit scale
 
     def title_vectors(self) -> torch.Tensor:
         """Every real item's title as the mean of the LM's token embeddings of its (quoted) title tokens,
